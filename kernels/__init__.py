@@ -1,0 +1,25 @@
+"""Fused attention kernels and the functional entry point of fusedlayers.
+
+Public API::
+
+    scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None, enable_gqa=False)
+    sdpa_kernel([Backend.TRITON, Backend.TORCH, Backend.MATH])   # restrict the backends
+    explain(query, key, value, ...)                              # which backend, and why not the others
+
+``triton`` is imported only inside this package, and only where it is installed.
+"""
+
+from .backends import Backend, NoBackendAvailableError, sdpa_kernel
+from .reference import attention_reference
+from .sdpa import Explanation, explain, scaled_dot_product_attention
+
+__all__ = [
+    "Backend",
+    "Explanation",
+    "NoBackendAvailableError",
+    "attention_reference",
+    "explain",
+    "scaled_dot_product_attention",
+    "sdpa_kernel",
+]

@@ -1,0 +1,265 @@
+"""The functional entry point: `scaled_dot_product_attention`, its dispatcher and `explain`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from . import triton_backend
+from ._nested import buckets, per_sequence_attention
+from ._validate import validate_sdpa_args
+from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
+from .reference import attention_reference
+
+__all__ = ["Explanation", "explain", "scaled_dot_product_attention"]
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """Scaled dot-product attention with the signature and semantics of
+    ``torch.nn.functional.scaled_dot_product_attention``, on dense or jagged nested tensors.
+
+    Shapes (``B`` batch dims, ``H``/``Hk`` query/key heads, ``L``/``S`` query/key lengths,
+    ``E``/``Ev`` head dims)::
+
+        query      (..., H,  L, E)     dense, or (B, H,  j, E) jagged nested (ragged dim 2)
+        key        (..., Hk, S, E)     dense, or (B, Hk, k, E) jagged nested
+        value      (..., Hk, S, Ev)    dense, or (B, Hk, k, Ev) jagged nested
+        attn_mask  broadcastable to (..., H, L, S); dense inputs only
+        returns    (..., H,  L, Ev)    in the form of query (nested in, nested out, same offsets)
+
+    ``attn_mask`` is bool (True = may attend) or float (added to the scores, the query's dtype).
+    ``is_causal`` is top-left aligned: row ``i`` sees columns ``0..i`` (``torch.ones(L, S).tril()``);
+    for nested inputs it applies to each sequence. A row that may attend to nothing returns 0, with zero
+    gradients. ``dropout_p`` applies dropout to the attention weights (seeded by ``torch.manual_seed``).
+    ``enable_gqa`` lets ``H`` be a multiple of ``Hk`` (grouped-query attention).
+
+    The backend is the first of the enabled ones (see `kernels.sdpa_kernel`) that can serve the
+    inputs; `explain` tells which one and why the others were skipped.
+
+    Raises:
+        TypeError, ValueError: for arguments outside that contract, naming the argument and the fix.
+        NoBackendAvailableError: when no enabled backend can serve the inputs (with each one's reasons).
+
+    Example:
+        ```python
+        import torch
+        import kernels
+
+        q = torch.randn(2, 8, 128, 64)  # (B, H, L, E)
+        k = v = torch.randn(2, 2, 96, 64)  # (B, Hk, S, E): 2 key/value heads
+        out = kernels.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        assert out.shape == (2, 8, 128, 64)
+
+        # Nested: sequences of lengths 3 and 7, (B, j, H, E) transposed to (B, H, j, E).
+        x = torch.nested.nested_tensor(
+            [torch.randn(3, 4, 16), torch.randn(7, 4, 16)], layout=torch.jagged
+        ).transpose(1, 2)
+        y = kernels.scaled_dot_product_attention(x, x, x, is_causal=True)
+        assert y.is_nested and y.size(1) == 4
+        ```
+    """
+    validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    backend, _ = _select(query)
+    attend = _DENSE[backend]
+    if query.is_nested:
+        return per_sequence_attention(
+            attend,
+            query,
+            key,
+            value,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
+            enable_gqa=enable_gqa,
+        )
+    return attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+def _torch_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    guard_empty_rows: bool | None = None,
+) -> torch.Tensor:
+    """``Backend.TORCH`` on dense tensors.
+
+    torch's CPU kernels return 0 for a row with nothing to attend to (checked by the tests); its CUDA
+    kernels are not documented to, so elsewhere such rows attend to everything and are then zeroed:
+    the kernel never sees an all ``-inf`` row, and the zeroed rows pass no gradient back.
+    """
+    if guard_empty_rows is None:
+        guard_empty_rows = query.device.type != "cpu"
+    empty = None
+    if guard_empty_rows and attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            empty = ~attn_mask.any(dim=-1, keepdim=True)  # (..., L, 1)
+            attn_mask = attn_mask | empty
+        else:
+            empty = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
+            attn_mask = attn_mask.masked_fill(empty, 0.0)
+    out = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attn_mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=enable_gqa,
+    )
+    return out if empty is None else out.masked_fill(empty, 0.0)
+
+
+_DENSE = {
+    Backend.TORCH: _torch_sdpa,
+    Backend.MATH: attention_reference,
+    Backend.TRITON: triton_backend.attention,
+}
+
+
+def _unavailable_reasons(backend: Backend, query: torch.Tensor) -> list[str]:
+    if backend is Backend.TRITON:
+        return triton_backend.unavailable_reasons(query)
+    return []  # TORCH and MATH serve every input that passed validation
+
+
+def _select(query: torch.Tensor) -> tuple[Backend, dict[Backend, list[str]]]:
+    """The first enabled backend that can serve ``query``, and the reasons of those tried before it."""
+    order = enabled_backends() or default_order(query.device.type)
+    skipped: dict[Backend, list[str]] = {}
+    for backend in order:
+        reasons = _unavailable_reasons(backend, query)
+        if not reasons:
+            return backend, skipped
+        skipped[backend] = reasons
+    lines = [f"  {b.name}: " + "; ".join(r) for b, r in skipped.items()]
+    raise NoBackendAvailableError(
+        "no enabled attention backend can serve these inputs:\n" + "\n".join(lines) + "\n"
+        "Enable another backend with kernels.sdpa_kernel([...]); kernels.explain(q, k, v) shows the choice."
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """What `explain` found.
+
+    Attributes:
+        backend: the backend that would run, or ``None`` when none can.
+        reasons: for every other backend, why it was not used.
+        detail: how the chosen backend would serve the call (e.g. which kernel torch picks).
+    """
+
+    backend: Backend | None
+    reasons: dict[Backend, list[str]]
+    detail: str
+
+    def __str__(self) -> str:
+        head = (
+            f"{self.backend.name} would run: {self.detail}"
+            if self.backend
+            else "no backend can run these inputs"
+        )
+        return "\n".join([head] + [f"  {b.name} not used: " + "; ".join(r) for b, r in self.reasons.items()])
+
+
+_TORCH_KERNELS = {0: "math", 1: "flash attention", 2: "memory-efficient attention", 3: "cuDNN attention"}
+
+
+def explain(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> Explanation:
+    """Which backend `scaled_dot_product_attention` would use for these arguments, and why not the others.
+
+    Takes the arguments of `scaled_dot_product_attention` (same shapes, same checks) and runs nothing.
+
+    Example:
+        ```python
+        import torch
+        import kernels
+
+        q = k = v = torch.randn(1, 2, 32, 16)  # (B, H, L, E)
+        why = kernels.explain(q, k, v, is_causal=True)
+        print(why)  # TORCH would run: ..., and a line per backend not used
+        assert why.backend is kernels.Backend.TORCH
+        assert kernels.Backend.TRITON in why.reasons
+        ```
+    """
+    validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    enabled = enabled_backends()
+    order = enabled or default_order(query.device.type)
+    try:
+        chosen, reasons = _select(query)
+    except NoBackendAvailableError:
+        chosen, reasons = None, {b: _unavailable_reasons(b, query) for b in order}
+    for backend in order:
+        if backend is not chosen and backend not in reasons:
+            reasons[backend] = [f"could run, but {chosen.name} comes first"] if chosen else []
+    for backend in Backend:
+        if backend in order:
+            continue
+        if enabled is not None:
+            why = "not enabled by sdpa_kernel(" + ", ".join(b.name for b in enabled) + ")"
+        else:
+            why = f"not tried by default on {query.device.type}; select it with sdpa_kernel"
+        reasons[backend] = [why, *_unavailable_reasons(backend, query)]
+    detail = _detail(chosen, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    return Explanation(chosen, reasons, detail)
+
+
+def _detail(
+    backend: Backend | None,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float | None,
+    enable_gqa: bool,
+) -> str:
+    if backend is None:
+        return ""
+    if query.is_nested:
+        n = len(buckets(query.offsets().diff().tolist(), key.offsets().diff().tolist()))
+        how = {
+            Backend.TORCH: "torch's dense SDPA",
+            Backend.MATH: "the reference attention",
+            Backend.TRITON: "the fused kernel",
+        }[backend]
+        return f"{how}, one call per group of equal lengths: {n} call(s) for {query.size(0)} sequences"
+    if backend is Backend.TORCH:
+        try:  # a private torch function: if it moves, explain still answers
+            choice = torch._fused_sdp_choice(
+                query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+            )
+            kernel = _TORCH_KERNELS.get(int(choice), f"backend {int(choice)}")
+        except (AttributeError, RuntimeError, TypeError):
+            kernel = "a kernel of its choice"
+        return f"torch.nn.functional.scaled_dot_product_attention, which picks {kernel}"
+    if backend is Backend.MATH:
+        return "kernels.reference.attention_reference, step by step in the input dtype"
+    return "the fused Triton kernel"
