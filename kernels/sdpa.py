@@ -106,6 +106,8 @@ def _torch_sdpa(
     """
     if guard_empty_rows is None:
         guard_empty_rows = query.device.type != "cpu"
+    if attn_mask is not None and attn_mask.dim() < 2:  # torch indexes dim -2 of the mask: give it one
+        attn_mask = attn_mask.reshape((1,) * (2 - attn_mask.dim()) + tuple(attn_mask.shape))
     empty = None
     if guard_empty_rows and attn_mask is not None:
         if attn_mask.dtype == torch.bool:
