@@ -82,7 +82,7 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
 def assert_close_to_reference(
     ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], ref: dict[str, torch.Tensor], dtype
 ) -> None:
-    """Each output/gradient of ``ours`` within 2x the error of ``theirs`` (torch) against ``ref`` (float64)."""
+    """Each output/gradient of ``ours`` within 2x torch's (``theirs``) error against ``ref`` (float64)."""
     assert ours.keys() == ref.keys(), (ours.keys(), ref.keys())
     for name, r in ref.items():
         assert torch.isfinite(ours[name]).all(), f"{name} has NaN/inf"

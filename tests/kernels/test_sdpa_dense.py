@@ -129,7 +129,7 @@ def test_rows_with_nothing_to_attend_give_zero(backend, kind):
 
 
 def test_empty_row_guard(backend):
-    """The guard the TORCH backend uses off CPU (zero rows with nothing to attend to) gives the same numbers."""
+    """The TORCH backend's guard for empty rows (used off CPU) gives torch's CPU numbers."""
     if backend is not Backend.TORCH:
         pytest.skip("the guard belongs to Backend.TORCH")
     tensors = random_qkv((2,), 3, 8, 10, 16)

@@ -22,7 +22,7 @@ def _sequences(lengths, heads, dim):
 
 
 def _nested(parts, dtype):
-    """Leaves in ``dtype`` and the (B, H, j, E) nested tensor built from them (autograd reaches the leaves)."""
+    """Leaves in ``dtype`` and the (B, H, j, E) nested tensor made of them (autograd reaches the leaves)."""
     leaves = [leaf(p, dtype) for p in parts]
     return leaves, torch.nested.as_nested_tensor(leaves, layout=torch.jagged).transpose(1, 2)
 
@@ -45,7 +45,10 @@ def _run_dense(fn, q, k, v, grad, dtype, **kwargs):
     leaves = [leaf(t, dtype) for t in (q, k, v)]
     out = fn(*(t.transpose(0, 1).unsqueeze(0) for t in leaves), **kwargs)[0].transpose(0, 1)  # (L, H, Ev)
     out.backward(grad.to(dtype))
-    return {"out": out.detach(), **{f"grad_{n}": t.grad for n, t in zip(("query", "key", "value"), leaves)}}
+    return {
+        "out": out.detach(),
+        **{f"grad_{n}": t.grad for n, t in zip(("query", "key", "value"), leaves, strict=True)},
+    }
 
 
 def check_nested(backend, q_lens, k_lens=None, heads=3, kv_heads=None, dim=16, dtype=torch.float32, **kwargs):
