@@ -15,7 +15,7 @@ _NAMES = ("query", "key", "value")
 
 
 def _shape(t: torch.Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+    return str(tuple(t.shape))
 
 
 def validate_sdpa_args(

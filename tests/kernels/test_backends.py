@@ -1,0 +1,147 @@
+"""Backend selection: sdpa_kernel restricts, nests, restores and is per thread; explain says why."""
+
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+import torch
+
+import kernels
+from kernels import Backend, NoBackendAvailableError
+from kernels import sdpa as sdpa_module
+from kernels.backends import enabled_backends
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Records which backend served each call (the real implementations still run)."""
+    seen: list[Backend] = []
+    for backend, fn in list(sdpa_module._DENSE.items()):
+
+        def spy(*args, _fn=fn, _backend=backend, **kwargs):
+            seen.append(_backend)
+            return _fn(*args, **kwargs)
+
+        monkeypatch.setitem(sdpa_module._DENSE, backend, spy)
+    return seen
+
+
+def qkv():
+    return tuple(torch.randn(2, 3, 9, 8) for _ in range(3))
+
+
+def test_default_on_cpu_is_torch(calls):
+    kernels.scaled_dot_product_attention(*qkv())
+    assert calls == [Backend.TORCH]
+
+
+def test_sdpa_kernel_restricts_and_orders(calls):
+    with kernels.sdpa_kernel([Backend.MATH, Backend.TORCH]):
+        kernels.scaled_dot_product_attention(*qkv())
+    with kernels.sdpa_kernel(["torch", "math"]):  # names work too
+        kernels.scaled_dot_product_attention(*qkv())
+    assert calls == [Backend.MATH, Backend.TORCH]
+
+
+def test_nested_blocks_replace_and_restore(calls):
+    with kernels.sdpa_kernel(Backend.MATH):
+        with kernels.sdpa_kernel(Backend.TORCH):
+            assert enabled_backends() == (Backend.TORCH,)
+            kernels.scaled_dot_product_attention(*qkv())
+        assert enabled_backends() == (Backend.MATH,)
+        kernels.scaled_dot_product_attention(*qkv())
+    assert enabled_backends() is None
+    assert calls == [Backend.TORCH, Backend.MATH]
+
+
+def test_restored_after_exception():
+    with pytest.raises(KeyError), kernels.sdpa_kernel(Backend.MATH):
+        raise KeyError("boom")
+    assert enabled_backends() is None
+
+
+def test_selection_is_per_thread():
+    inside, release, seen = threading.Event(), threading.Event(), {}
+
+    def worker():
+        inside.wait()
+        seen["other thread"] = enabled_backends()
+        release.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    with kernels.sdpa_kernel(Backend.MATH):
+        inside.set()
+        release.wait(timeout=10)
+        seen["this thread"] = enabled_backends()
+    thread.join()
+    assert seen == {"other thread": None, "this thread": (Backend.MATH,)}
+
+
+def test_forcing_triton_on_cpu_lists_reasons():
+    with kernels.sdpa_kernel(Backend.TRITON), pytest.raises(NoBackendAvailableError) as err:
+        kernels.scaled_dot_product_attention(*qkv())
+    message = str(err.value)
+    assert "TRITON:" in message
+    assert "CPU tensor and no Triton interpreter (set TRITON_INTERPRET=1" in message
+    assert "kernels.explain(q, k, v)" in message
+    assert isinstance(err.value, RuntimeError)
+
+
+def test_bad_selections():
+    with pytest.raises(
+        TypeError, match=re.escape("sdpa_kernel: unknown backend 'flash'; pass one or a list of")
+    ):
+        kernels.sdpa_kernel(["flash"]).__enter__()
+    with pytest.raises(ValueError, match="sdpa_kernel: got an empty list of backends"):
+        kernels.sdpa_kernel([]).__enter__()
+    assert enabled_backends() is None
+
+
+def test_explain_default_cpu():
+    q, k, v = qkv()
+    why = kernels.explain(q, k, v, is_causal=True)
+    assert why.backend is Backend.TORCH
+    assert why.reasons[Backend.MATH] == ["could run, but TORCH comes first"]
+    assert "not tried by default on cpu" in why.reasons[Backend.TRITON][0]
+    assert any("Triton interpreter" in r for r in why.reasons[Backend.TRITON])
+    assert "torch.nn.functional.scaled_dot_product_attention, which picks" in why.detail
+    text = str(why)
+    assert text.startswith("TORCH would run:") and "TRITON not used:" in text and "MATH not used:" in text
+
+
+def test_explain_under_sdpa_kernel():
+    q, k, v = qkv()
+    with kernels.sdpa_kernel([Backend.TRITON, Backend.MATH]):
+        why = kernels.explain(q, k, v)
+    assert why.backend is Backend.MATH
+    assert why.reasons[Backend.TORCH] == ["not enabled by sdpa_kernel(TRITON, MATH)"]
+    assert any("CPU tensor" in r for r in why.reasons[Backend.TRITON])
+    with kernels.sdpa_kernel(Backend.TRITON):
+        nothing = kernels.explain(q, k, v)
+    assert nothing.backend is None and str(nothing).startswith("no backend can run these inputs")
+
+
+def test_explain_nested_counts_calls():
+    x = torch.nested.nested_tensor([torch.randn(n, 2, 8) for n in (3, 5, 3, 3)], layout=torch.jagged)
+    x = x.transpose(1, 2)
+    why = kernels.explain(x, x, x, is_causal=True)
+    assert why.detail == "torch's dense SDPA, one call per group of equal lengths: 2 call(s) for 4 sequences"
+
+
+def test_explain_runs_nothing(calls):
+    kernels.explain(*qkv())
+    assert calls == []
+
+
+def test_torch_compile_fullgraph():
+    """The dispatcher traces without graph breaks on the TORCH backend (dense input)."""
+    q, k, v = qkv()
+
+    def f(q, k, v):
+        return kernels.scaled_dot_product_attention(q, k, v, is_causal=True) * 2
+
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(q, k, v), f(q, k, v))

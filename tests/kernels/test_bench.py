@@ -1,0 +1,37 @@
+"""The backend benchmark runs end to end on a tiny size (no timing is asserted: benchmarks do that)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from kernels import bench
+from kernels.reference import attention_reference
+
+
+def test_flop_formula_matches_torch_flop_counter():
+    B, H, L, S, E = 2, 3, 17, 23, 16
+    q, k, v = torch.randn(B, H, L, E), torch.randn(B, H, S, E), torch.randn(B, H, S, E)
+    with FlopCounterMode(display=False) as counter:
+        attention_reference(q, k, v)
+    assert bench.attention_flops(B, H, L, S, E, causal=False) == counter.get_total_flops()
+    assert bench.attention_flops(B, H, L, S, E, causal=True) == counter.get_total_flops() / 2
+
+
+def test_bench_writes_table_json_and_plot(tmp_path, capsys):
+    argv = ["--device", "cpu", "--batch", "1", "--heads", "2", "--seq-len", "32", "--head-dim", "16"]
+    results = bench.main([*argv, "--min-run-time", "0.01", "--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    by_name = {r.name: r for r in results}
+
+    assert by_name["TORCH (torch picks)"].ms > 0 and by_name["MATH (this repo's reference)"].ms > 0
+    assert min(r.ratio for r in results if r.ratio is not None) == 1.0
+    assert "CPU tensor and no Triton interpreter" in by_name["TRITON"].skipped
+    assert "could not run:" in out and "TRITON:" in out and "x fastest" in out
+
+    data = json.loads((tmp_path / "sdpa_backends.json").read_text())
+    assert data["config"]["seq_len"] == 32
+    assert {r["name"] for r in data["results"]} == set(by_name)
+    assert (tmp_path / "sdpa_backends.png").read_bytes()[:4] == b"\x89PNG"
