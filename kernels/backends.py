@@ -80,17 +80,18 @@ def sdpa_kernel(backends: Backend | str | Iterable[Backend | str]) -> Iterator[t
     (it does not intersect them), and the previous selection comes back on exit, also on an exception.
     The selection belongs to the current thread only.
 
-    Example:
-        ```python
-        import torch
-        import kernels
-        from kernels import Backend
+    Example, run by the test suite:
 
-        q = k = v = torch.randn(2, 4, 16, 8)  # (B, H, L, E)
-        with kernels.sdpa_kernel([Backend.MATH]):
-            out = kernels.scaled_dot_product_attention(q, k, v)
-        assert out.shape == (2, 4, 16, 8)
-        ```
+    ```python
+    import torch
+    import kernels
+    from kernels import Backend
+
+    q = k = v = torch.randn(2, 4, 16, 8)  # (B, H, L, E)
+    with kernels.sdpa_kernel([Backend.MATH]):
+        out = kernels.scaled_dot_product_attention(q, k, v)
+    assert out.shape == (2, 4, 16, 8)
+    ```
     """
     if isinstance(backends, (Backend, str)):
         backends = [backends]

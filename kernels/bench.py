@@ -20,6 +20,7 @@ import json
 import logging
 import pathlib
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 
 import torch
@@ -149,7 +150,7 @@ def write_plot(results: list[Result], path: pathlib.Path, title: str) -> bool:
         ax.text(r.ms, i, f" {r.ms:.2f} ms ({r.ratio:.2f}x)", va="center")
     ax.invert_yaxis()
     ax.set_xlabel("ms per call (lower is better)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)
     ax.set_xlim(0, max(r.ms for r in timed) * 1.35)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -54,16 +54,17 @@ def attention_reference(
             random draw (so a kernel's dropout can be checked against this function with the same mask);
             it is used only when ``dropout_p > 0``.
 
-    Example:
-        ```python
-        import torch
-        from kernels.reference import attention_reference
+    Example, run by the test suite:
 
-        q, k, v = (torch.randn(2, 3, 5, 8, dtype=torch.float64) for _ in range(3))
-        out = attention_reference(q, k, v, is_causal=True)
-        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        torch.testing.assert_close(out, expected)
-        ```
+    ```python
+    import torch
+    from kernels.reference import attention_reference
+
+    q, k, v = (torch.randn(2, 3, 5, 8, dtype=torch.float64) for _ in range(3))
+    out = attention_reference(q, k, v, is_causal=True)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(out, expected)
+    ```
     """
     L, S = query.size(-2), key.size(-2)
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale

@@ -51,23 +51,24 @@ def scaled_dot_product_attention(
         TypeError, ValueError: for arguments outside that contract, naming the argument and the fix.
         NoBackendAvailableError: when no enabled backend can serve the inputs (with each one's reasons).
 
-    Example:
-        ```python
-        import torch
-        import kernels
+    Example, run by the test suite:
 
-        q = torch.randn(2, 8, 128, 64)  # (B, H, L, E)
-        k = v = torch.randn(2, 2, 96, 64)  # (B, Hk, S, E): 2 key/value heads
-        out = kernels.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        assert out.shape == (2, 8, 128, 64)
+    ```python
+    import torch
+    import kernels
 
-        # Nested: sequences of lengths 3 and 7, (B, j, H, E) transposed to (B, H, j, E).
-        x = torch.nested.nested_tensor(
-            [torch.randn(3, 4, 16), torch.randn(7, 4, 16)], layout=torch.jagged
-        ).transpose(1, 2)
-        y = kernels.scaled_dot_product_attention(x, x, x, is_causal=True)
-        assert y.is_nested and y.size(1) == 4
-        ```
+    q = torch.randn(2, 8, 128, 64)  # (B, H, L, E)
+    k = v = torch.randn(2, 2, 96, 64)  # (B, Hk, S, E): 2 key/value heads
+    out = kernels.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert out.shape == (2, 8, 128, 64)
+
+    # Nested: sequences of lengths 3 and 7, (B, j, H, E) transposed to (B, H, j, E).
+    x = torch.nested.nested_tensor(
+        [torch.randn(3, 4, 16), torch.randn(7, 4, 16)], layout=torch.jagged
+    ).transpose(1, 2)
+    y = kernels.scaled_dot_product_attention(x, x, x, is_causal=True)
+    assert y.is_nested and y.size(1) == 4
+    ```
     """
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     backend, _ = _select(query)
@@ -198,17 +199,18 @@ def explain(
 
     Takes the arguments of `scaled_dot_product_attention` (same shapes, same checks) and runs nothing.
 
-    Example:
-        ```python
-        import torch
-        import kernels
+    Example, run by the test suite:
 
-        q = k = v = torch.randn(1, 2, 32, 16)  # (B, H, L, E)
-        why = kernels.explain(q, k, v, is_causal=True)
-        print(why)  # TORCH would run: ..., and a line per backend not used
-        assert why.backend is kernels.Backend.TORCH
-        assert kernels.Backend.TRITON in why.reasons
-        ```
+    ```python
+    import torch
+    import kernels
+
+    q = k = v = torch.randn(1, 2, 32, 16)  # (B, H, L, E)
+    why = kernels.explain(q, k, v, is_causal=True)
+    print(why)  # TORCH would run: ..., and a line per backend not used
+    assert why.backend is kernels.Backend.TORCH
+    assert kernels.Backend.TRITON in why.reasons
+    ```
     """
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     enabled = enabled_backends()
