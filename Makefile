@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m kernels.bench
+	$(BIN)/python -m kernels.bench --nested
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

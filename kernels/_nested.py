@@ -1,6 +1,6 @@
 """Attention over jagged nested tensors, one dense call per bucket of equal-length sequences.
 
-Why not torch's own nested SDPA: on CPU it is ~10x slower than dense fused SDPA on the packed tokens
+Why not torch's own nested SDPA: on CPU it is ~16x slower than dense fused SDPA on the packed tokens
 of each sequence, and it refuses ``is_causal`` (DESIGN.md has the measurements). Sequences of equal
 (query, key) lengths are stacked into one dense call, so a batch of uniform lengths costs one call.
 
@@ -12,7 +12,6 @@ dim is the query's (it can be added to tensors of the query's shape).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 
 import torch
@@ -45,10 +44,16 @@ def per_sequence_attention(
     ``(B, Hq, j, Ev)`` jagged, on the query's offsets. A sequence with no keys gives zeros.
     """
     q_vals, k_vals, v_vals = query.values(), key.values(), value.values()  # (H, T, E)
-    q_off, k_off = query.offsets().tolist(), key.offsets().tolist()  # a host sync on CUDA
-    q_lens = [b - a for a, b in itertools.pairwise(q_off)]
-    k_lens = [b - a for a, b in itertools.pairwise(k_off)]
+    q_lens = query.offsets().diff().tolist()  # a host sync on CUDA
+    k_lens = key.offsets().diff().tolist()
     heads, head_dim_v = q_vals.size(0), v_vals.size(-1)
+    # split() rather than slicing: its backward is one cat, where each slice's backward would write a
+    # zero-filled gradient of the whole buffer.
+    q_seqs, k_seqs, v_seqs = (
+        q_vals.split(q_lens, dim=1),
+        k_vals.split(k_lens, dim=1),
+        v_vals.split(k_lens, dim=1),
+    )
 
     outputs: list[torch.Tensor | None] = [None] * len(q_lens)
     for (lq, lk), members in buckets(q_lens, k_lens).items():
@@ -57,14 +62,15 @@ def per_sequence_attention(
                 outputs[b] = q_vals.new_zeros(lq, heads, head_dim_v)
             continue
 
-        def gather(vals: torch.Tensor, offsets: list[int], length: int, members: list[int] = members):
-            parts = [vals[:, offsets[b] : offsets[b] + length] for b in members]  # (H, len, E) each
-            return parts[0].unsqueeze(0) if len(parts) == 1 else torch.stack(parts)  # (n, H, len, E)
+        def gather(seqs: tuple[torch.Tensor, ...], members: list[int] = members) -> torch.Tensor:
+            if len(members) == 1:
+                return seqs[members[0]].unsqueeze(0)  # (1, H, len, E), a view
+            return torch.stack([seqs[b] for b in members])  # (n, H, len, E)
 
         out = attend(
-            gather(q_vals, q_off, lq),
-            gather(k_vals, k_off, lk),
-            gather(v_vals, k_off, lk),
+            gather(q_seqs),
+            gather(k_seqs),
+            gather(v_seqs),
             dropout_p=dropout_p,
             is_causal=is_causal,
             scale=scale,

@@ -1,14 +1,20 @@
 """Benchmark of the attention backends: ``python -m kernels.bench``.
 
-The experiment of PyTorch's SDPA tutorial (default / math / flash / efficient on batch 32, heads 32,
-length 1024, head dim 32, fp16), done through this package's dispatcher: every backend of
-`kernels.Backend`, and torch's own kernels one by one through ``Backend.TORCH``. On a machine
-without a GPU the default size is scaled down and the dtype is float32 (torch's CPU kernels are
-fastest there). A backend that cannot serve the input is listed with its reason instead of a time.
+Two experiments, each timing every variant on one input in the same run:
 
-Output: a table (time per call, ratio to the fastest, TFLOP/s), a JSON file and a PNG bar chart.
-FLOPs of the forward pass: ``4 * B * H * L * S * E`` (two matmuls of ``2 * L * S * E`` each), halved
-when causal.
+- dense (default): the experiment of PyTorch's SDPA tutorial (default / math / flash / efficient on batch
+  32, heads 32, length 1024, head dim 32, fp16), done through this package's dispatcher: every
+  ``kernels.Backend``, and torch's own kernels forced one at a time through ``Backend.TORCH``.
+- ``--nested``: a batch of random lengths (~50% padding, one sequence at full length), trained
+  (forward + backward): ``Backend.TORCH`` on the jagged nested tensor, torch's own nested SDPA, and
+  ``Backend.TORCH`` on the padded dense batch with a key padding mask. Throughput counts real tokens only.
+
+On a machine without a GPU the default sizes are scaled down and the dtype is float32. A variant that
+cannot serve the input is listed with its reason instead of a time. Output: a table (time per call, ratio
+to the fastest, throughput), a JSON file and a PNG bar chart.
+
+FLOPs: forward ``4 * B * H * L * S * E`` (two matmuls of ``2 * L * S * E``), halved when causal; forward +
+backward is 3.5x the forward (the backward recomputes the scores and does four more matmuls).
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ import logging
 import pathlib
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.nn.attention import sdpa_kernel as torch_sdpa_kernel
 from torch.utils import benchmark as torch_benchmark
@@ -34,23 +42,25 @@ from .sdpa import scaled_dot_product_attention
 
 log = logging.getLogger(__name__)
 
-# The tutorial's torch kernels, as TORCH sub-variants: (label, torch backend or None for torch's own choice).
-_TORCH_VARIANTS = (
-    ("TORCH (torch picks)", None),
-    ("TORCH: math", SDPBackend.MATH),
-    ("TORCH: flash", SDPBackend.FLASH_ATTENTION),
-    ("TORCH: efficient", SDPBackend.EFFICIENT_ATTENTION),
-    ("TORCH: cuDNN", SDPBackend.CUDNN_ATTENTION),
-)
+TRAIN_FLOPS_FACTOR = 3.5  # forward + backward FLOPs / forward FLOPs
 
 
 @dataclasses.dataclass
 class Result:
     name: str
     ms: float | None = None  # median time per call
-    tflops: float | None = None
     ratio: float | None = None  # time / fastest time
+    tflops: float | None = None  # dense experiment
+    tokens_per_s: float | None = None  # nested experiment: real tokens per second
     skipped: str | None = None  # why it could not run
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    context: Callable[[], contextlib.AbstractContextManager]
+    call: Callable[[], object]  # one timed step (forward, or forward + backward)
+    refusal: str | None = None  # why torch may refuse it, where torch's own message does not say
 
 
 def attention_flops(batch: int, heads: int, q_len: int, k_len: int, head_dim: int, causal: bool) -> float:
@@ -59,52 +69,130 @@ def attention_flops(batch: int, heads: int, q_len: int, k_len: int, head_dim: in
     return flops / 2 if causal else flops
 
 
-def _variants() -> Iterator[tuple[str, Callable[[], contextlib.AbstractContextManager]]]:
-    yield "TRITON", lambda: sdpa_kernel([Backend.TRITON])
-    for label, torch_backend in _TORCH_VARIANTS:
-        if torch_backend is None:
-            yield label, lambda: sdpa_kernel([Backend.TORCH])
-        else:
-            yield label, lambda b=torch_backend: _torch_only(b)
-    yield "MATH (this repo's reference)", lambda: sdpa_kernel([Backend.MATH])
-
-
 @contextlib.contextmanager
-def _torch_only(torch_backend: SDPBackend) -> Iterator[None]:
-    with sdpa_kernel([Backend.TORCH]), torch_sdpa_kernel(torch_backend):
+def _only(*backends: Backend, torch_kernel: SDPBackend | None = None) -> Iterator[None]:
+    with (
+        sdpa_kernel(list(backends)),
+        torch_sdpa_kernel(torch_kernel) if torch_kernel else contextlib.nullcontext(),
+    ):
         yield
 
 
-def run(args: argparse.Namespace) -> list[Result]:
-    """Time every variant on one input; returns the results with ratios filled in."""
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
+def _step(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], train: bool, *args, **kwargs):
+    """A call of ``fn``; with ``train``, its backward too (gradients of ``inputs``, not accumulated)."""
+
+    def call():
+        out = fn(*args, **kwargs)
+        if train:
+            flat = out.values() if out.is_nested else out
+            torch.autograd.grad(flat, inputs, torch.ones_like(flat))
+        return out
+
+    return call
+
+
+def dense_cases(
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> tuple[list[Case], float]:
     gen = torch.Generator(device=device).manual_seed(0)
     shape = (args.batch, args.heads, args.seq_len, args.head_dim)  # (B, H, L, E)
-    q, k, v = (torch.randn(shape, device=device, dtype=dtype, generator=gen) for _ in range(3))
+    train = args.train
+    q, k, v = (
+        torch.randn(shape, device=device, dtype=dtype, generator=gen, requires_grad=train) for _ in range(3)
+    )
+    step = _step(scaled_dot_product_attention, [q, k, v], train, q, k, v, is_causal=args.causal)
+    variants = [
+        ("TRITON", lambda: _only(Backend.TRITON)),
+        ("TORCH (torch picks)", lambda: _only(Backend.TORCH)),
+        ("TORCH: math", lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.MATH)),
+        ("TORCH: flash", lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.FLASH_ATTENTION)),
+        ("TORCH: efficient", lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.EFFICIENT_ATTENTION)),
+        ("TORCH: cuDNN", lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.CUDNN_ATTENTION)),
+        ("MATH (this repo's reference)", lambda: _only(Backend.MATH)),
+    ]
     flops = attention_flops(*shape[:3], args.seq_len, args.head_dim, args.causal)
+    return [Case(name, ctx, step) for name, ctx in variants], flops * (TRAIN_FLOPS_FACTOR if train else 1)
 
+
+def random_lengths(batch: int, max_len: int, generator: torch.Generator) -> list[int]:
+    """Uniform lengths in [1, max_len] (about 50% padding), the first one at full length."""
+    lengths = torch.randint(1, max_len + 1, (batch,), generator=generator).tolist()
+    return [max_len, *lengths[1:]]
+
+
+def nested_cases(
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype
+) -> tuple[list[Case], int]:
+    gen = torch.Generator().manual_seed(0)
+    lengths = random_lengths(args.batch, args.seq_len, gen)
+    total, H, E, L = sum(lengths), args.heads, args.head_dim, args.seq_len
+    offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=device)
+    packed = [
+        torch.randn(total, H, E, device=device, dtype=dtype, requires_grad=args.train) for _ in range(3)
+    ]
+
+    def jagged(t: torch.Tensor) -> torch.Tensor:  # (T, H, E) -> (B, H, j, E)
+        return torch.nested.nested_tensor_from_jagged(t, offsets=offsets).transpose(1, 2)
+
+    def nested_attention(fn):
+        return lambda q, k, v, **kw: fn(jagged(q), jagged(k), jagged(v), **kw)
+
+    # The same tokens, padded to (B, H, L, E), with a key padding mask (True = may attend).
+    keep = torch.arange(L, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]  # (B, L)
+    padded = []
+    for t in packed:
+        dense = t.new_zeros(args.batch, L, H, E)
+        dense[keep] = t.detach()
+        padded.append(dense.transpose(1, 2).requires_grad_(args.train))  # (B, H, L, E)
+    mask = keep[:, None, None, :]  # (B, 1, 1, S)
+
+    ours = _step(
+        nested_attention(scaled_dot_product_attention), packed, args.train, *packed, is_causal=args.causal
+    )
+    theirs = _step(
+        nested_attention(F.scaled_dot_product_attention), packed, args.train, *packed, is_causal=args.causal
+    )
+    masked_causal = mask & torch.ones(L, L, dtype=torch.bool, device=device).tril() if args.causal else mask
+    dense = _step(scaled_dot_product_attention, padded, args.train, *padded, attn_mask=masked_causal)
+    cases = [
+        Case("TRITON varlen", lambda: _only(Backend.TRITON), ours),
+        Case("TORCH on the nested tensor", lambda: _only(Backend.TORCH), ours),
+        Case(
+            "torch's own nested SDPA",
+            contextlib.nullcontext,
+            theirs,
+            "torch's nested SDPA refuses is_causal=True",
+        ),
+        Case("TORCH, padded dense + mask", lambda: _only(Backend.TORCH), dense),
+    ]
+    return cases, total
+
+
+def run(args: argparse.Namespace) -> list[Result]:
+    """Time every case of the chosen experiment; returns the results with ratios filled in."""
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    cases, work = (nested_cases if args.nested else dense_cases)(args, device, dtype)
     results = []
-    for name, context in tqdm(list(_variants()), desc="backends", unit="backend", file=sys.stderr):
+    for case in tqdm(cases, desc="variants", unit="variant", file=sys.stderr):
         try:
-            with context():
-                scaled_dot_product_attention(q, k, v, is_causal=args.causal)  # warm-up and feasibility
-                timer = torch_benchmark.Timer(
-                    "f(q, k, v, is_causal=c)",
-                    globals={"f": scaled_dot_product_attention, "q": q, "k": k, "v": v, "c": args.causal},
+            with case.context():
+                case.call()  # warm-up, and the check that the variant can run at all
+                timer = torch_benchmark.Timer(  # Timer defaults to one thread; time what users get
+                    "call()", globals={"call": case.call}, num_threads=torch.get_num_threads()
                 )
-                measurement = timer.blocked_autorange(min_run_time=args.min_run_time)
+                seconds = timer.blocked_autorange(min_run_time=args.min_run_time).median
         except NoBackendAvailableError as err:
-            results.append(Result(name, skipped=_first_reasons(str(err))))
+            results.append(Result(case.name, skipped=_first_reasons(str(err))))
             continue
         except RuntimeError as err:  # torch refusing one of its kernels for this input
-            reason = str(err).splitlines()[0]
-            if device.type == "cpu":
-                reason = "torch has no CPU kernel for it (on CPU torch implements flash and math only)"
-            results.append(Result(name, skipped=reason))
+            results.append(Result(case.name, skipped=case.refusal or _torch_refusal(err, device)))
             continue
-        seconds = measurement.median
-        results.append(Result(name, ms=seconds * 1e3, tflops=flops / seconds / 1e12))
+        result = Result(case.name, ms=seconds * 1e3)
+        if args.nested:
+            result.tokens_per_s = work / seconds
+        else:
+            result.tflops = work / seconds / 1e12
+        results.append(result)
     fastest = min((r.ms for r in results if r.ms is not None), default=None)
     for r in results:
         if r.ms is not None and fastest:
@@ -117,23 +205,37 @@ def _first_reasons(message: str) -> str:
     return "; ".join(line.split(": ", 1)[-1] for line in lines) or message
 
 
-def format_table(results: list[Result], args: argparse.Namespace) -> str:
-    header = (
-        f"SDPA backends on {args.device}, {args.dtype}, batch {args.batch}, heads {args.heads}, "
-        f"length {args.seq_len}, head dim {args.head_dim}, causal={args.causal}, forward pass"
+def _torch_refusal(err: RuntimeError, device: torch.device) -> str:
+    reason = str(err).splitlines()[0]
+    if "No viable backend" in reason and device.type == "cpu":
+        return "torch has no CPU kernel for it (on CPU torch implements flash and math only)"
+    return reason
+
+
+def title(args: argparse.Namespace) -> str:
+    what = "nested batch, real tokens only" if args.nested else "dense batch"
+    step = "forward + backward" if args.train else "forward"
+    return (
+        f"SDPA on {args.device}, {args.dtype}, {what}: batch {args.batch}, heads {args.heads}, "
+        f"{'max ' if args.nested else ''}length {args.seq_len}, head dim {args.head_dim}, "
+        f"causal={args.causal}, {step}"
     )
-    rows = [f"{'backend':<30} {'ms/call':>9} {'x fastest':>10} {'TFLOP/s':>9}"]
+
+
+def format_table(results: list[Result], args: argparse.Namespace) -> str:
+    unit = "tokens/s" if args.nested else "TFLOP/s"
+    rows = [f"{'variant':<30} {'ms/call':>9} {'x fastest':>10} {unit:>10}"]
     for r in results:
-        if r.ms is None:
-            continue
-        rows.append(f"{r.name:<30} {r.ms:>9.3f} {r.ratio:>10.2f} {r.tflops:>9.3f}")
+        if r.ms is not None:
+            rate = f"{r.tokens_per_s:>10.3g}" if args.nested else f"{r.tflops:>10.3f}"
+            rows.append(f"{r.name:<30} {r.ms:>9.3f} {r.ratio:>10.2f} {rate}")
     skipped = [f"  {r.name}: {r.skipped}" for r in results if r.skipped]
     if skipped:
         rows += ["", "could not run:", *skipped]
-    return "\n".join([header, "", *rows])
+    return "\n".join([title(args), "", *rows])
 
 
-def write_plot(results: list[Result], path: pathlib.Path, title: str) -> bool:
+def write_plot(results: list[Result], path: pathlib.Path, heading: str) -> bool:
     """A horizontal bar chart of ms/call; returns False (and logs why) when matplotlib is missing."""
     try:
         import matplotlib
@@ -150,7 +252,7 @@ def write_plot(results: list[Result], path: pathlib.Path, title: str) -> bool:
         ax.text(r.ms, i, f" {r.ms:.2f} ms ({r.ratio:.2f}x)", va="center")
     ax.invert_yaxis()
     ax.set_xlabel("ms per call (lower is better)")
-    ax.set_title(textwrap.fill(title, 90), fontsize=9)
+    ax.set_title(textwrap.fill(heading, 90), fontsize=9)
     ax.set_xlim(0, max(r.ms for r in timed) * 1.35)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -161,27 +263,42 @@ def write_plot(results: list[Result], path: pathlib.Path, title: str) -> bool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.splitlines()[0])
-    # The tutorial's size on a GPU; on CPU a size that times every backend in well under a minute.
+    parser.add_argument("--nested", action="store_true", help="the nested-vs-padded experiment")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument(
         "--dtype", default="float16" if cuda else "float32", choices=["float16", "bfloat16", "float32"]
     )
-    parser.add_argument("--batch", type=int, default=32 if cuda else 4)
-    parser.add_argument("--heads", type=int, default=32 if cuda else 8)
-    parser.add_argument("--seq-len", type=int, default=1024 if cuda else 512)
+    parser.add_argument("--batch", type=int, help="default: 32 on CUDA; on CPU 4 (dense), 16 (nested)")
+    parser.add_argument("--heads", type=int, help="default: 32 on CUDA, 8 on CPU")
+    parser.add_argument("--seq-len", type=int, help="(maximum) length; default 1024 on CUDA, 512/256 on CPU")
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--causal", action="store_true", help="causal attention (top-left aligned)")
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per backend")
+    parser.add_argument("--train", action=argparse.BooleanOptionalAction, help="time forward + backward")
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per variant")
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("bench-results"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # The tutorial's size on a GPU; on CPU sizes that time every variant in well under a minute.
+    defaults = (32, 32, 1024) if cuda else ((16, 8, 256) if args.nested else (4, 8, 512))
+    for name, value in zip(("batch", "heads", "seq_len"), defaults, strict=True):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.train is None:
+        args.train = args.nested  # the tutorial times inference; nested batches matter most in training
+    return args
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
     args = parse_args(argv)
-    results = run(args)
+    # torch's nested SDPA logs why each of its kernels declines and warns that strided nested tensors are a
+    # prototype (it converts to them internally): the table says what matters.
+    logging.getLogger("torch.nested._internal.sdpa").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors is in prototype stage")
+        results = run(args)
     table = format_table(results, args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = args.out_dir / "sdpa_backends.json", args.out_dir / "sdpa_backends.png"
+    stem = "sdpa_nested" if args.nested else "sdpa_backends"
+    json_path, png_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.png"
     config = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()}
     payload = {
         "config": config,
@@ -189,7 +306,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "results": [dataclasses.asdict(r) for r in results],
     }
     json_path.write_text(json.dumps(payload, indent=2))
-    plotted = write_plot(results, png_path, table.splitlines()[0])
+    plotted = write_plot(results, png_path, title(args))
     print(table)
     print(f"\nwrote {json_path}" + (f" and {png_path}" if plotted else ""))
     return results

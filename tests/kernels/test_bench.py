@@ -35,3 +35,21 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert data["config"]["seq_len"] == 32
     assert {r["name"] for r in data["results"]} == set(by_name)
     assert (tmp_path / "sdpa_backends.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_nested_bench_counts_real_tokens(tmp_path, capsys):
+    argv = ["--nested", "--device", "cpu", "--batch", "5", "--heads", "2", "--seq-len", "24", "--head-dim", "8"]
+    results = bench.main([*argv, "--causal", "--min-run-time", "0.01", "--out-dir", str(tmp_path)])
+    by_name = {r.name: r for r in results}
+    ours = by_name["TORCH on the nested tensor"]
+    assert ours.ms > 0 and ours.tokens_per_s > 0 and by_name["TORCH, padded dense + mask"].ms > 0
+    assert by_name["torch's own nested SDPA"].skipped == "torch's nested SDPA refuses is_causal=True"
+    data = json.loads((tmp_path / "sdpa_nested.json").read_text())
+    assert data["config"]["train"] is True and data["config"]["nested"] is True
+    assert "real tokens only" in capsys.readouterr().out
+
+
+def test_random_lengths_about_half_padding():
+    lengths = bench.random_lengths(400, 256, torch.Generator().manual_seed(0))
+    assert lengths[0] == 256 and min(lengths) >= 1 and max(lengths) <= 256
+    assert abs(sum(lengths) / (400 * 256) - 0.5) < 0.05
