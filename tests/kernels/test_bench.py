@@ -21,7 +21,7 @@ def test_flop_formula_matches_torch_flop_counter():
 
 
 def test_bench_writes_table_json_and_plot(tmp_path, capsys):
-    argv = ["--device", "cpu", "--batch", "1", "--heads", "2", "--seq-len", "32", "--head-dim", "16"]
+    argv = "--device cpu --batch 1 --heads 2 --seq-len 32 --head-dim 16".split()
     results = bench.main([*argv, "--min-run-time", "0.01", "--out-dir", str(tmp_path)])
     out = capsys.readouterr().out
     by_name = {r.name: r for r in results}
@@ -38,7 +38,7 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
 
 
 def test_nested_bench_counts_real_tokens(tmp_path, capsys):
-    argv = ["--nested", "--device", "cpu", "--batch", "5", "--heads", "2", "--seq-len", "24", "--head-dim", "8"]
+    argv = "--nested --device cpu --batch 5 --heads 2 --seq-len 24 --head-dim 8".split()
     results = bench.main([*argv, "--causal", "--min-run-time", "0.01", "--out-dir", str(tmp_path)])
     by_name = {r.name: r for r in results}
     ours = by_name["TORCH on the nested tensor"]
