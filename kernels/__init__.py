@@ -6,19 +6,21 @@ Public API::
                                  is_causal=False, scale=None, enable_gqa=False)
     sdpa_kernel([Backend.TRITON, Backend.TORCH, Backend.MATH])   # restrict the backends
     explain(query, key, value, ...)                              # which backend, and why not the others
+    attention_with_weights(query, key, value, ...)               # (output, weights), the explicit path
 
 ``triton`` is imported only inside this package, and only where it is installed.
 """
 
 from .backends import Backend, NoBackendAvailableError, sdpa_kernel
 from .reference import attention_reference
-from .sdpa import Explanation, explain, scaled_dot_product_attention
+from .sdpa import Explanation, attention_with_weights, explain, scaled_dot_product_attention
 
 __all__ = [
     "Backend",
     "Explanation",
     "NoBackendAvailableError",
     "attention_reference",
+    "attention_with_weights",
     "explain",
     "scaled_dot_product_attention",
     "sdpa_kernel",

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-__all__ = ["attention_reference", "dropout_keep_mask"]
+__all__ = ["attention_probs", "attention_reference", "dropout_keep_mask"]
 
 
 def dropout_keep_mask(
@@ -66,13 +66,36 @@ def attention_reference(
     torch.testing.assert_close(out, expected)
     ```
     """
+    probs = attention_probs(query, key, attn_mask, is_causal, scale, enable_gqa)  # (..., H, L, S)
+    if dropout_p > 0.0:
+        if dropout_mask is None:
+            dropout_mask = dropout_keep_mask(tuple(probs.shape), dropout_p, probs.device)
+        probs = probs * dropout_mask / (1.0 - dropout_p)
+    return probs @ repeat_kv(value, query, enable_gqa)  # (..., H, L, Ev)
+
+
+def repeat_kv(t: torch.Tensor, query: torch.Tensor, enable_gqa: bool) -> torch.Tensor:
+    """Key/value heads repeated to the query's head count (grouped-query attention)."""
+    if enable_gqa and query.dim() >= 3 and t.size(-3) != query.size(-3):
+        return t.repeat_interleave(query.size(-3) // t.size(-3), dim=-3)
+    return t
+
+
+def attention_probs(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """The attention weights ``softmax(q k^T * scale + mask)``, ``(..., H, L, S)``, before dropout.
+
+    A row with nothing to attend to is all zeros (guarded softmax, no NaN in values or gradients).
+    """
     L, S = query.size(-2), key.size(-2)
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale
-    if enable_gqa and query.dim() >= 3 and key.size(-3) != query.size(-3):
-        group = query.size(-3) // key.size(-3)
-        key = key.repeat_interleave(group, dim=-3)
-        value = value.repeat_interleave(group, dim=-3)
-
+    key = repeat_kv(key, query, enable_gqa)
     scores = (query @ key.transpose(-2, -1)) * scale  # (..., H, L, S)
     allowed = None
     if is_causal:
@@ -90,10 +113,4 @@ def attention_reference(
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     weights = torch.exp(scores - row_max)
     denom = weights.sum(dim=-1, keepdim=True)
-    probs = weights / torch.where(denom == 0, torch.ones_like(denom), denom)
-
-    if dropout_p > 0.0:
-        if dropout_mask is None:
-            dropout_mask = dropout_keep_mask(tuple(probs.shape), dropout_p, probs.device)
-        probs = probs * dropout_mask / (1.0 - dropout_p)
-    return probs @ value  # (..., H, L, Ev)
+    return weights / torch.where(denom == 0, torch.ones_like(denom), denom)

@@ -11,9 +11,9 @@ from . import triton_backend
 from ._nested import buckets, per_sequence_attention
 from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
-from .reference import attention_reference
+from .reference import attention_probs, attention_reference, repeat_kv
 
-__all__ = ["Explanation", "explain", "scaled_dot_product_attention"]
+__all__ = ["Explanation", "attention_with_weights", "explain", "scaled_dot_product_attention"]
 
 
 def scaled_dot_product_attention(
@@ -85,6 +85,49 @@ def scaled_dot_product_attention(
             enable_gqa=enable_gqa,
         )
     return attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
+def attention_with_weights(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention that also returns its weights, for ``nn.MultiheadAttention(need_weights=True)``.
+
+    Arguments and output as `scaled_dot_product_attention` (dense tensors only); the second result is the
+    attention weights ``(..., H, L, S)`` after dropout, as ``nn.MultiheadAttention`` returns them, and the
+    output is computed from exactly those weights. No fused kernel materialises the weights, so this is
+    the explicit math path in the input dtype, with ``O(L * S)`` memory: pass ``need_weights=False`` to
+    a layer for speed.
+
+    Example, run by the test suite:
+
+    ```python
+    import torch
+    import kernels
+
+    q, k, v = (torch.randn(2, 4, 10, 8) for _ in range(3))  # (B, H, L, E)
+    out, weights = kernels.attention_with_weights(q, k, v, is_causal=True)
+    assert weights.shape == (2, 4, 10, 10)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 10))
+    torch.testing.assert_close(out, kernels.scaled_dot_product_attention(q, k, v, is_causal=True))
+    ```
+    """
+    validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    if query.is_nested:
+        raise ValueError(
+            "attention weights cannot be returned for nested inputs; call scaled_dot_product_attention "
+            "(in a layer: pass need_weights=False)"
+        )
+    weights = attention_probs(query, key, attn_mask, is_causal, scale, enable_gqa)  # (..., H, L, S)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ repeat_kv(value, query, enable_gqa), weights
 
 
 def _torch_sdpa(
