@@ -26,7 +26,7 @@ def test_weights_are_the_softmax_and_output_matches(is_causal):
 def test_gqa_and_gradients():
     q = torch.randn(2, 6, 5, 8, requires_grad=True)
     k, v = (torch.randn(2, 2, 9, 8, requires_grad=True) for _ in range(2))
-    out, weights = kernels.attention_with_weights(q, k, v, enable_gqa=True)
+    out, _ = kernels.attention_with_weights(q, k, v, enable_gqa=True)
     ref = F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
     torch.testing.assert_close(out, ref)
     grad = torch.randn_like(out)
