@@ -33,9 +33,7 @@ def validate_sdpa_args(
     for name, t in zip(_NAMES, tensors, strict=True):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    assert (
-        isinstance(query, torch.Tensor) and isinstance(key, torch.Tensor) and isinstance(value, torch.Tensor)
-    )
+    assert isinstance(query, torch.Tensor) and isinstance(key, torch.Tensor) and isinstance(value, torch.Tensor)
 
     _check_scalars(dropout_p, is_causal, scale, enable_gqa)
     _check_dtypes_and_devices(query, key, value)
@@ -73,9 +71,7 @@ def _check_scalars(dropout_p: object, is_causal: object, scale: object, enable_g
 
 def _check_dtypes_and_devices(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
     if not query.dtype.is_floating_point:
-        raise TypeError(
-            f"query must have a floating-point dtype, got {query.dtype}; convert with query.float()"
-        )
+        raise TypeError(f"query must have a floating-point dtype, got {query.dtype}; convert with query.float()")
     for name, t in (("key", key), ("value", value)):
         if t.dtype != query.dtype:
             raise TypeError(
@@ -113,9 +109,7 @@ def _check_dense_shapes(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
             f"value {_shape(value)} (S={value.size(-2)})"
         )
     if key.shape[:-1] != value.shape[:-1]:
-        raise ValueError(
-            f"key {_shape(key)} and value {_shape(value)} must agree in every dimension but the last"
-        )
+        raise ValueError(f"key {_shape(key)} and value {_shape(value)} must agree in every dimension but the last")
     if query.shape[:-3] != key.shape[:-3]:
         raise ValueError(
             f"query {_shape(query)} and key {_shape(key)} must have the same batch dimensions "
@@ -155,9 +149,7 @@ def _check_nested(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, a
         if t.size(0) != batch:
             raise ValueError(f"nested {name} holds {t.size(0)} sequences but query holds {batch}")
     if query.size(-1) != key.size(-1):
-        raise ValueError(
-            f"query and key must have the same head dim E, got {query.size(-1)} and {key.size(-1)}"
-        )
+        raise ValueError(f"query and key must have the same head dim E, got {query.size(-1)} and {key.size(-1)}")
     if key.size(1) != value.size(1):
         raise ValueError(f"key has {key.size(1)} heads but value has {value.size(1)}; they must match")
     if key.offsets() is not value.offsets() and not torch.equal(key.offsets(), value.offsets()):
@@ -179,9 +171,7 @@ def _check_heads(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, en
             "attention, or give them the same number of heads"
         )
     if hq % hk != 0:
-        raise ValueError(
-            f"enable_gqa=True needs the query heads ({hq}) to be a multiple of the key/value heads ({hk})"
-        )
+        raise ValueError(f"enable_gqa=True needs the query heads ({hq}) to be a multiple of the key/value heads ({hk})")
 
 
 def _check_mask(attn_mask: object, query: torch.Tensor, key: torch.Tensor) -> None:

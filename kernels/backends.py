@@ -101,9 +101,7 @@ def sdpa_kernel(backends: Backend | str | Iterable[Backend | str]) -> Iterator[t
         if backend not in chosen:
             chosen.append(backend)
     if not chosen:
-        raise ValueError(
-            "sdpa_kernel: got an empty list of backends; pass at least one, e.g. [Backend.TORCH]"
-        )
+        raise ValueError("sdpa_kernel: got an empty list of backends; pass at least one, e.g. [Backend.TORCH]")
     previous = enabled_backends()
     _state.backends = tuple(chosen)
     try:

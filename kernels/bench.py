@@ -91,15 +91,11 @@ def _step(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], train: bo
     return call
 
 
-def dense_cases(
-    args: argparse.Namespace, device: torch.device, dtype: torch.dtype
-) -> tuple[list[Case], float]:
+def dense_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[list[Case], float]:
     gen = torch.Generator(device=device).manual_seed(0)
     shape = (args.batch, args.heads, args.seq_len, args.head_dim)  # (B, H, L, E)
     train = args.train
-    q, k, v = (
-        torch.randn(shape, device=device, dtype=dtype, generator=gen, requires_grad=train) for _ in range(3)
-    )
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, generator=gen, requires_grad=train) for _ in range(3))
     step = _step(scaled_dot_product_attention, [q, k, v], train, q, k, v, is_causal=args.causal)
     variants = [
         ("TRITON", lambda: _only(Backend.TRITON)),
@@ -120,16 +116,12 @@ def random_lengths(batch: int, max_len: int, generator: torch.Generator) -> list
     return [max_len, *lengths[1:]]
 
 
-def nested_cases(
-    args: argparse.Namespace, device: torch.device, dtype: torch.dtype
-) -> tuple[list[Case], int]:
+def nested_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[list[Case], int]:
     gen = torch.Generator().manual_seed(0)
     lengths = random_lengths(args.batch, args.seq_len, gen)
     total, H, E, L = sum(lengths), args.heads, args.head_dim, args.seq_len
     offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], device=device)
-    packed = [
-        torch.randn(total, H, E, device=device, dtype=dtype, requires_grad=args.train) for _ in range(3)
-    ]
+    packed = [torch.randn(total, H, E, device=device, dtype=dtype, requires_grad=args.train) for _ in range(3)]
 
     def jagged(t: torch.Tensor) -> torch.Tensor:  # (T, H, E) -> (B, H, j, E)
         return torch.nested.nested_tensor_from_jagged(t, offsets=offsets).transpose(1, 2)
@@ -146,12 +138,8 @@ def nested_cases(
         padded.append(dense.transpose(1, 2).requires_grad_(args.train))  # (B, H, L, E)
     mask = keep[:, None, None, :]  # (B, 1, 1, S)
 
-    ours = _step(
-        nested_attention(scaled_dot_product_attention), packed, args.train, *packed, is_causal=args.causal
-    )
-    theirs = _step(
-        nested_attention(F.scaled_dot_product_attention), packed, args.train, *packed, is_causal=args.causal
-    )
+    ours = _step(nested_attention(scaled_dot_product_attention), packed, args.train, *packed, is_causal=args.causal)
+    theirs = _step(nested_attention(F.scaled_dot_product_attention), packed, args.train, *packed, is_causal=args.causal)
     masked_causal = mask & torch.ones(L, L, dtype=torch.bool, device=device).tril() if args.causal else mask
     dense = _step(scaled_dot_product_attention, padded, args.train, *padded, attn_mask=masked_causal)
     cases = [
@@ -265,9 +253,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--nested", action="store_true", help="the nested-vs-padded experiment")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument(
-        "--dtype", default="float16" if cuda else "float32", choices=["float16", "bfloat16", "float32"]
-    )
+    parser.add_argument("--dtype", default="float16" if cuda else "float32", choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--batch", type=int, help="default: 32 on CUDA; on CPU 4 (dense), 16 (nested)")
     parser.add_argument("--heads", type=int, help="default: 32 on CUDA, 8 on CPU")
     parser.add_argument("--seq-len", type=int, help="(maximum) length; default 1024 on CUDA, 512/256 on CPU")

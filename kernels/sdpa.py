@@ -217,11 +217,7 @@ class Explanation:
     detail: str
 
     def __str__(self) -> str:
-        head = (
-            f"{self.backend.name} would run: {self.detail}"
-            if self.backend
-            else "no backend can run these inputs"
-        )
+        head = f"{self.backend.name} would run: {self.detail}" if self.backend else "no backend can run these inputs"
         return "\n".join([head] + [f"  {b.name} not used: " + "; ".join(r) for b, r in self.reasons.items()])
 
 

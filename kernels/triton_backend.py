@@ -27,9 +27,7 @@ def unavailable_reasons(query: torch.Tensor) -> list[str]:
     if not TRITON_INSTALLED:
         reasons.append("triton is not installed (it has wheels for Linux only)")
     if query.device.type == "cpu" and not INTERPRETER:
-        reasons.append(
-            "CPU tensor and no Triton interpreter (set TRITON_INTERPRET=1 before importing kernels)"
-        )
+        reasons.append("CPU tensor and no Triton interpreter (set TRITON_INTERPRET=1 before importing kernels)")
     elif query.device.type not in ("cpu", "cuda"):
         reasons.append(f"tensors on {query.device.type}; the kernels run on CUDA")
     return reasons

@@ -88,12 +88,8 @@ def assert_close_to_reference(
         assert torch.isfinite(ours[name]).all(), f"{name} has NaN/inf"
         err, base = max_error(ours[name], r), max_error(theirs[name], r)
         magnitude = max(1.0, r.abs().max().item() if r.numel() else 1.0)
-        assert err <= 2 * base + FLOOR[dtype] * magnitude, (
-            f"{name}: error {err:.3g}, torch's {base:.3g} ({dtype})"
-        )
-        assert max(err, base) <= LIMIT[dtype] * magnitude, (
-            f"{name}: error {err:.3g}, torch's {base:.3g} ({dtype})"
-        )
+        assert err <= 2 * base + FLOOR[dtype] * magnitude, f"{name}: error {err:.3g}, torch's {base:.3g} ({dtype})"
+        assert max(err, base) <= LIMIT[dtype] * magnitude, f"{name}: error {err:.3g}, torch's {base:.3g} ({dtype})"
 
 
 def compare_backend(

@@ -18,9 +18,7 @@ def test_weights_are_the_softmax_and_output_matches(is_causal):
     if is_causal:
         scores = scores.masked_fill(~torch.ones(7, 11, dtype=torch.bool).tril(), -torch.inf)
     torch.testing.assert_close(weights, scores.softmax(-1))
-    torch.testing.assert_close(
-        out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
-    )
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal))
 
 
 def test_gqa_and_gradients():

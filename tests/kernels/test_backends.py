@@ -91,9 +91,7 @@ def test_forcing_triton_on_cpu_lists_reasons():
 
 
 def test_bad_selections():
-    with pytest.raises(
-        TypeError, match=re.escape("sdpa_kernel: unknown backend 'flash'; pass one or a list of")
-    ):
+    with pytest.raises(TypeError, match=re.escape("sdpa_kernel: unknown backend 'flash'; pass one or a list of")):
         kernels.sdpa_kernel(["flash"]).__enter__()
     with pytest.raises(ValueError, match="sdpa_kernel: got an empty list of backends"):
         kernels.sdpa_kernel([]).__enter__()

@@ -83,9 +83,7 @@ def test_scale(backend, scale):
 @pytest.mark.parametrize("kv_heads", [1, 2, 3])
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_gqa(backend, kv_heads, is_causal):
-    compare_backend(
-        backend, random_qkv((2,), 6, 14, 19, 16, kv_heads=kv_heads), enable_gqa=True, is_causal=is_causal
-    )
+    compare_backend(backend, random_qkv((2,), 6, 14, 19, 16, kv_heads=kv_heads), enable_gqa=True, is_causal=is_causal)
 
 
 def test_non_contiguous_inputs(backend):
@@ -107,11 +105,7 @@ def test_rows_with_nothing_to_attend_give_zero(backend, kind):
     keep[..., 0] = True
     keep[0, :, 2] = False  # row 2 of batch 0 may attend to nothing
     keep[1, :, 5] = False
-    mask = (
-        keep
-        if kind == "bool"
-        else torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, -torch.inf)
-    )
+    mask = keep if kind == "bool" else torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, -torch.inf)
     with only(backend):
         ours = forward_backward(
             kernels.scaled_dot_product_attention,
@@ -138,9 +132,7 @@ def test_empty_row_guard(backend):
     for mask in (keep, torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, -torch.inf)):
         grad = torch.randn(2, 3, 8, 16)
         guarded = forward_backward(_guarded, {**tensors, "attn_mask": mask}, grad, torch.float32)
-        plain = forward_backward(
-            F.scaled_dot_product_attention, {**tensors, "attn_mask": mask}, grad, torch.float32
-        )
+        plain = forward_backward(F.scaled_dot_product_attention, {**tensors, "attn_mask": mask}, grad, torch.float32)
         assert guarded.keys() == plain.keys()
         for name in plain:
             torch.testing.assert_close(guarded[name], plain[name])

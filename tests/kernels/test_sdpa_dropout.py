@@ -60,9 +60,7 @@ def test_kept_fraction_and_scaling(backend):
     kept = keep.float().mean().item()
     sigma = math.sqrt(P * (1 - P) / n)
     assert abs(kept - (1 - P)) < 5 * sigma, f"kept {kept:.4f} of {n}, expected {1 - P} +- {5 * sigma:.4f}"
-    probs = attention_reference(
-        q.double(), k.double(), torch.eye(64, dtype=torch.float64).expand(4, 4, 64, 64)
-    )
+    probs = attention_reference(q.double(), k.double(), torch.eye(64, dtype=torch.float64).expand(4, 4, 64, 64))
     torch.testing.assert_close(weights[keep].double(), probs[keep] / (1 - P), rtol=1e-5, atol=1e-7)
 
 
@@ -80,9 +78,7 @@ def test_gradients_match_reference_with_the_same_mask(backend, is_causal):
     ref_out = attention_reference(*ref_leaves, dropout_p=P, is_causal=is_causal, dropout_mask=keep)
     ref = (ref_out, *torch.autograd.grad(ref_out, ref_leaves, grad))
     for name, a, b in zip(("out", "dq", "dk", "dv"), ours, ref, strict=True):
-        torch.testing.assert_close(
-            a.double(), b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}"
-        )
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_no_dropout_when_p_is_zero(backend):

@@ -21,9 +21,7 @@ def qkv(B=2, H=4, L=6, S=5, E=8, Ev=8, Hk=None, dtype=torch.float32):
 
 
 def jagged(lengths, H=2, E=8):
-    return torch.nested.nested_tensor([torch.randn(n, H, E) for n in lengths], layout=torch.jagged).transpose(
-        1, 2
-    )
+    return torch.nested.nested_tensor([torch.randn(n, H, E) for n in lengths], layout=torch.jagged).transpose(1, 2)
 
 
 def strided_nested():
@@ -46,8 +44,7 @@ CASES = {
         (q, torch.randn(2, 4, 5, 16), v),
         {},
         ValueError,
-        "query and key must have the same head dim E, got query (2, 4, 6, 8) (E=8) and key (2, 4, 5, 16) "
-        "(E=16)",
+        "query and key must have the same head dim E, got query (2, 4, 6, 8) (E=8) and key (2, 4, 5, 16) (E=16)",
     ),
     "k/v lengths differ": (
         (q, k, torch.randn(2, 4, 7, 8)),
@@ -185,9 +182,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-@pytest.mark.parametrize(
-    "entry", [kernels.scaled_dot_product_attention, kernels.explain], ids=["sdpa", "explain"]
-)
+@pytest.mark.parametrize("entry", [kernels.scaled_dot_product_attention, kernels.explain], ids=["sdpa", "explain"])
 def test_error_message(case, entry):
     args, kwargs, error, message = CASES[case]
     with pytest.raises(error, match=re.escape(message)):

@@ -1,0 +1,86 @@
+"""Padded batch <-> variable-length (packed) form, so layers can skip the padding.
+
+A padded batch ``(B, L, E)`` with a key padding mask ``(B, L)`` (nn convention: True = padding) becomes
+the ``T`` real tokens ``(T, E)`` in batch order plus offsets ``(B + 1,)``: exactly the storage of a jagged
+nested tensor ``(B, j, E)``. Any padding pattern works (right, left, in the middle): the real tokens of a
+sequence keep their order, which is all attention needs (positions live in the embeddings). A fully
+padded sequence packs to length 0 and unpacks to zeros.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["Packed", "pack_padded", "unpack_padded"]
+
+
+class Packed(NamedTuple):
+    """Real tokens of a padded batch. ``values (T, E)``, ``offsets (B + 1,)``, ``keep (B, L)`` (True = real)."""
+
+    values: torch.Tensor
+    offsets: torch.Tensor
+    keep: torch.Tensor
+
+    def nested(self) -> torch.Tensor:
+        """The same tokens as a jagged nested tensor ``(B, j, E)`` (shares storage with ``values``)."""
+        return torch.nested.nested_tensor_from_jagged(self.values, offsets=self.offsets)
+
+
+def _check(x: torch.Tensor, key_padding_mask: torch.Tensor, batch_first: bool) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"expected a padded batch of 3 dimensions, got shape {tuple(x.shape)}")
+    if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+        raise TypeError(
+            "key_padding_mask must be a bool tensor (True = padding), got "
+            f"{getattr(key_padding_mask, 'dtype', type(key_padding_mask).__name__)}"
+        )
+    batch, length = (x.size(0), x.size(1)) if batch_first else (x.size(1), x.size(0))
+    if tuple(key_padding_mask.shape) != (batch, length):
+        raise ValueError(
+            f"key_padding_mask must have shape (N, L) = {(batch, length)} for an input of shape "
+            f"{tuple(x.shape)} (batch_first={batch_first}), got {tuple(key_padding_mask.shape)}"
+        )
+
+
+def pack_padded(x: torch.Tensor, key_padding_mask: torch.Tensor, batch_first: bool = True) -> Packed:
+    """Keep the real tokens of a padded batch.
+
+    Args:
+        x: ``(B, L, E)``, or ``(L, B, E)`` with ``batch_first=False``.
+        key_padding_mask: ``(B, L)`` bool, True where ``x`` is padding (``nn.MultiheadAttention``'s convention).
+        batch_first: the layout of ``x``.
+
+    Returns:
+        `Packed` (``values (T, E)``, ``offsets (B + 1,)``, ``keep (B, L)``); gradients flow to ``x``.
+
+    Example, run by the test suite:
+
+    ```python
+    import torch
+    from layers.packing import pack_padded, unpack_padded
+
+    x = torch.randn(3, 5, 8)  # (B, L, E)
+    pad = torch.tensor([[0, 0, 0, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    packed = pack_padded(x, pad)
+    assert packed.values.shape == (7, 8) and packed.offsets.tolist() == [0, 3, 7, 7]
+    y = unpack_padded(packed.values, packed.keep)
+    torch.testing.assert_close(y, x.masked_fill(pad[..., None], 0.0))
+    ```
+    """
+    _check(x, key_padding_mask, batch_first)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    keep = ~key_padding_mask  # (B, L)
+    values = x[keep]  # (T, E), batch order
+    lengths = keep.sum(dim=1)
+    offsets = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
+    return Packed(values, offsets, keep)
+
+
+def unpack_padded(values: torch.Tensor, keep: torch.Tensor, batch_first: bool = True) -> torch.Tensor:
+    """Scatter packed tokens ``(T, E)`` back to a padded batch, zeros at the padding (differentiable)."""
+    batch, length = keep.shape
+    out = values.new_zeros(batch, length, values.size(-1)).index_put((keep,), values)  # (B, L, E)
+    return out if batch_first else out.transpose(0, 1)
