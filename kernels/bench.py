@@ -26,7 +26,6 @@ import json
 import logging
 import pathlib
 import sys
-import textwrap
 import warnings
 from collections.abc import Callable, Iterator
 
@@ -34,13 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.nn.attention import sdpa_kernel as torch_sdpa_kernel
-from torch.utils import benchmark as torch_benchmark
 from tqdm import tqdm
 
 from .backends import Backend, NoBackendAvailableError, sdpa_kernel
+from .benchmarking import bar_chart, median_seconds
 from .sdpa import scaled_dot_product_attention
 
-log = logging.getLogger(__name__)
 
 TRAIN_FLOPS_FACTOR = 3.5  # forward + backward FLOPs / forward FLOPs
 
@@ -164,11 +162,7 @@ def run(args: argparse.Namespace) -> list[Result]:
     for case in tqdm(cases, desc="variants", unit="variant", file=sys.stderr):
         try:
             with case.context():
-                case.call()  # warm-up, and the check that the variant can run at all
-                timer = torch_benchmark.Timer(  # Timer defaults to one thread; time what users get
-                    "call()", globals={"call": case.call}, num_threads=torch.get_num_threads()
-                )
-                seconds = timer.blocked_autorange(min_run_time=args.min_run_time).median
+                seconds = median_seconds(case.call, args.min_run_time)  # its warm-up also tests feasibility
         except NoBackendAvailableError as err:
             results.append(Result(case.name, skipped=_first_reasons(str(err))))
             continue
@@ -223,31 +217,6 @@ def format_table(results: list[Result], args: argparse.Namespace) -> str:
     return "\n".join([title(args), "", *rows])
 
 
-def write_plot(results: list[Result], path: pathlib.Path, heading: str) -> bool:
-    """A horizontal bar chart of ms/call; returns False (and logs why) when matplotlib is missing."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log.warning("matplotlib is not installed: no plot written (pip install matplotlib)")
-        return False
-    timed = [r for r in results if r.ms is not None]
-    fig, ax = plt.subplots(figsize=(8, 0.5 * len(timed) + 1.5))
-    ax.barh([r.name for r in timed], [r.ms for r in timed], color="tab:blue")
-    for i, r in enumerate(timed):
-        ax.text(r.ms, i, f" {r.ms:.2f} ms ({r.ratio:.2f}x)", va="center")
-    ax.invert_yaxis()
-    ax.set_xlabel("ms per call (lower is better)")
-    ax.set_title(textwrap.fill(heading, 90), fontsize=9)
-    ax.set_xlim(0, max(r.ms for r in timed) * 1.35)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.splitlines()[0])
@@ -292,7 +261,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "results": [dataclasses.asdict(r) for r in results],
     }
     json_path.write_text(json.dumps(payload, indent=2))
-    plotted = write_plot(results, png_path, title(args))
+    timed = [r for r in results if r.ms is not None]
+    plotted = bar_chart(
+        png_path,
+        title(args),
+        [r.name for r in timed],
+        {"ms per call": [r.ms for r in timed]},
+        "ms per call (lower is better)",
+    )
     print(table)
     print(f"\nwrote {json_path}" + (f" and {png_path}" if plotted else ""))
     return results
