@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ._masks import check_mask_dtype, is_causal_mask
 from .attention import MultiheadAttention
@@ -78,6 +79,14 @@ def _norm_from_config(config: dict[str, Any] | None, dtype: str | None) -> nn.La
     return nn.LayerNorm(**config, dtype=getattr(torch, dtype) if dtype else None)
 
 
+def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
+    """torch's feed-forward block, with ReLU in place: it overwrites the first linear's output, which no
+    backward needs (addmm keeps its inputs), and saves an allocation of ``(T, dim_feedforward)``."""
+    h = self.linear1(x)
+    h = torch.relu_(h) if self.activation is F.relu and not h.is_nested else self.activation(h)
+    return self.dropout2(self.linear2(self.dropout(h)))
+
+
 def _packable(src: torch.Tensor, mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, is_causal) -> bool:
     """Whether the padded batch can run on its real tokens only: a bool key padding mask, batched input,
     and no attention mask but (the hint of) a causal one."""
@@ -136,6 +145,8 @@ class TransformerEncoderLayer(ConfigMixin, nn.TransformerEncoderLayer):
 
     def get_config(self) -> dict[str, Any]:
         return _layer_config(self)
+
+    _ff_block = _ff_block
 
     def forward(
         self,
@@ -319,6 +330,8 @@ class TransformerDecoderLayer(ConfigMixin, nn.TransformerDecoderLayer):
 
     def get_config(self) -> dict[str, Any]:
         return _layer_config(self)
+
+    _ff_block = _ff_block
 
 
 class TransformerDecoder(ConfigMixin, nn.TransformerDecoder):
