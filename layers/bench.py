@@ -126,9 +126,8 @@ def format_table(rows: list[Row], args: argparse.Namespace) -> str:
         goal = ""
         if r.goal is not None:
             goal = f"<= {r.goal:.2f} ({'met' if r.ratio <= r.goal else 'NOT met'})"
-        lines.append(
-            f"{r.step + ', ' + r.batch + ', ' + r.mode:<28} {r.torch_ms:>9.2f} {r.ours_ms:>9.2f} {r.ratio:>11.2f}  {goal}"
-        )
+        case = f"{r.step}, {r.batch}, {r.mode}"
+        lines.append(f"{case:<28} {r.torch_ms:>9.2f} {r.ours_ms:>9.2f} {r.ratio:>11.2f}  {goal}")
     lines.append("")
     lines.append("torch: torch.nn (inference takes its fast path; padded inference its nested-tensor fast path)")
     return "\n".join(lines)
