@@ -291,3 +291,45 @@ def test_compile_fullgraph_no_graph_break():
     out = compiled(x)
     out.sum().backward()
     assert_close(out, expected, "compiled output")
+
+
+def test_encoder_layer_unbatched_input():
+    ours, theirs = twins(layers.TransformerEncoderLayer, nn.TransformerEncoderLayer, D, H, **layer_kwargs())
+    compare(ours, theirs, {"src": torch.randn(S, D), "src_mask": torch.randn(S, S)}, encoder_call)
+
+
+def test_float64_layers_match_torch_float64():
+    kwargs = layer_kwargs(dtype=torch.float64)
+    ours, theirs = twins(layers.TransformerDecoderLayer, nn.TransformerDecoderLayer, D, H, **kwargs)
+    inputs = {"tgt": seq(T).double(), "memory": seq(S).double(), "memory_key_padding_mask": padding(S)}
+    got = run(ours, inputs, lambda m, **kw: m(**kw, tgt_is_causal=True))
+    expected = run(theirs, {**inputs, "tgt_mask": torch.ones(T, T, dtype=torch.bool).triu(1)}, lambda m, **kw: m(**kw))
+    expected.pop("grad tgt_mask", None)
+    for key in expected:
+        assert got[key].dtype == torch.float64
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-10, atol=1e-10, msg=key)
+
+
+def test_device_argument():
+    layer = layers.TransformerEncoderLayer(D, H, device="meta")
+    assert all(p.device.type == "meta" for p in layer.parameters())
+    assert type(layer.self_attn) is layers.MultiheadAttention
+
+
+def test_encoder_layer_dropout_statistics_match_torch():
+    """In training with dropout, the mean over seeds is the dropout-free output and the spread is torch's."""
+    ours, theirs = twins(layers.TransformerEncoderLayer, nn.TransformerEncoderLayer, D, H, dim_feedforward=FF,
+                         dropout=0.3, batch_first=True)  # fmt: skip
+    x = seq()
+    spreads = {}
+    for name, module in (("ours", ours), ("torch", theirs)):
+        module.train()
+        with torch.no_grad():
+            draws = []
+            for seed in range(300):
+                torch.manual_seed(seed)
+                draws.append(module(x))
+            draws = torch.stack(draws)
+        spreads[name] = draws.std(0).mean()
+    ratio = spreads["ours"] / spreads["torch"]
+    assert 0.9 < ratio < 1.1, f"dropout spread differs from torch's: ratio {ratio:.3f}"
