@@ -7,11 +7,11 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from . import triton_backend
 from ._nested import buckets, per_sequence_attention
 from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
-from .reference import attention_probs, attention_reference, repeat_kv
+from .dispatch import DENSE, select, unavailable_reasons
+from .reference import attention_probs, repeat_kv
 
 __all__ = ["Explanation", "attention_with_weights", "explain", "scaled_dot_product_attention"]
 
@@ -71,8 +71,8 @@ def scaled_dot_product_attention(
     ```
     """
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    backend, _ = _select(query)
-    attend = _DENSE[backend]
+    backend, _ = select(query)
+    attend = DENSE[backend]
     if query.is_nested:
         return per_sequence_attention(
             attend,
@@ -130,78 +130,6 @@ def attention_with_weights(
     return weights @ repeat_kv(value, query, enable_gqa), weights
 
 
-def _torch_sdpa(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-    *,
-    guard_empty_rows: bool | None = None,
-) -> torch.Tensor:
-    """``Backend.TORCH`` on dense tensors.
-
-    torch's CPU kernels return 0 for a row with nothing to attend to (checked by the tests); its CUDA
-    kernels are not documented to, so elsewhere such rows attend to everything and are then zeroed:
-    the kernel never sees an all ``-inf`` row, and the zeroed rows pass no gradient back.
-    """
-    if guard_empty_rows is None:
-        guard_empty_rows = query.device.type != "cpu"
-    if attn_mask is not None and attn_mask.dim() < 2:  # torch indexes dim -2 of the mask: give it one
-        attn_mask = attn_mask.reshape((1,) * (2 - attn_mask.dim()) + tuple(attn_mask.shape))
-    empty = None
-    if guard_empty_rows and attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            empty = ~attn_mask.any(dim=-1, keepdim=True)  # (..., L, 1)
-            attn_mask = attn_mask | empty
-        else:
-            empty = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
-            attn_mask = attn_mask.masked_fill(empty, 0.0)
-    out = F.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=attn_mask,
-        dropout_p=dropout_p,
-        is_causal=is_causal,
-        scale=scale,
-        enable_gqa=enable_gqa,
-    )
-    return out if empty is None else out.masked_fill(empty, 0.0)
-
-
-_DENSE = {
-    Backend.TORCH: _torch_sdpa,
-    Backend.MATH: attention_reference,
-    Backend.TRITON: triton_backend.attention,
-}
-
-
-def _unavailable_reasons(backend: Backend, query: torch.Tensor) -> list[str]:
-    if backend is Backend.TRITON:
-        return triton_backend.unavailable_reasons(query)
-    return []  # TORCH and MATH serve every input that passed validation
-
-
-def _select(query: torch.Tensor) -> tuple[Backend, dict[Backend, list[str]]]:
-    """The first enabled backend that can serve ``query``, and the reasons of those tried before it."""
-    order = enabled_backends() or default_order(query.device.type)
-    skipped: dict[Backend, list[str]] = {}
-    for backend in order:
-        reasons = _unavailable_reasons(backend, query)
-        if not reasons:
-            return backend, skipped
-        skipped[backend] = reasons
-    lines = [f"  {b.name}: " + "; ".join(r) for b, r in skipped.items()]
-    raise NoBackendAvailableError(
-        "no enabled attention backend can serve these inputs:\n" + "\n".join(lines) + "\n"
-        "Enable another backend with kernels.sdpa_kernel([...]); kernels.explain(q, k, v) shows the choice."
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Explanation:
     """What `explain` found.
@@ -255,9 +183,9 @@ def explain(
     enabled = enabled_backends()
     order = enabled or default_order(query.device.type)
     try:
-        chosen, reasons = _select(query)
+        chosen, reasons = select(query)
     except NoBackendAvailableError:
-        chosen, reasons = None, {b: _unavailable_reasons(b, query) for b in order}
+        chosen, reasons = None, {b: unavailable_reasons(b, query) for b in order}
     for backend in order:
         if backend is not chosen and backend not in reasons:
             reasons[backend] = [f"could run, but {chosen.name} comes first"] if chosen else []
@@ -268,7 +196,7 @@ def explain(
             why = "not enabled by sdpa_kernel(" + ", ".join(b.name for b in enabled) + ")"
         else:
             why = f"not tried by default on {query.device.type}; select it with sdpa_kernel"
-        reasons[backend] = [why, *_unavailable_reasons(backend, query)]
+        reasons[backend] = [why, *unavailable_reasons(backend, query)]
     detail = _detail(chosen, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     return Explanation(chosen, reasons, detail)
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import Backend, NoBackendAvailableError
-from kernels import sdpa as sdpa_module
+from kernels import Backend, NoBackendAvailableError, dispatch
 from kernels.backends import enabled_backends
 
 
@@ -18,13 +17,13 @@ from kernels.backends import enabled_backends
 def calls(monkeypatch):
     """Records which backend served each call (the real implementations still run)."""
     seen: list[Backend] = []
-    for backend, fn in list(sdpa_module._DENSE.items()):
+    for backend, fn in list(dispatch.DENSE.items()):
 
         def spy(*args, _fn=fn, _backend=backend, **kwargs):
             seen.append(_backend)
             return _fn(*args, **kwargs)
 
-        monkeypatch.setitem(sdpa_module._DENSE, backend, spy)
+        monkeypatch.setitem(dispatch.DENSE, backend, spy)
     return seen
 
 

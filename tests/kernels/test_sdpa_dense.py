@@ -9,7 +9,7 @@ from attention_checks import CPU_BACKENDS, compare_backend, forward_backward, on
 
 import kernels
 from kernels import Backend
-from kernels.sdpa import _torch_sdpa
+from kernels.dispatch import torch_sdpa
 
 pytestmark = pytest.mark.parametrize("backend", CPU_BACKENDS)
 
@@ -139,4 +139,4 @@ def test_empty_row_guard(backend):
 
 
 def _guarded(*args, **kwargs):
-    return _torch_sdpa(*args, guard_empty_rows=True, **kwargs)
+    return torch_sdpa(*args, guard_empty_rows=True, **kwargs)

@@ -1,0 +1,83 @@
+"""Backend dispatch shared by the functional entry points: which backend serves a call, and the
+dense implementation of each."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import triton_backend
+from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
+from .reference import attention_reference
+
+
+def torch_sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    guard_empty_rows: bool | None = None,
+) -> torch.Tensor:
+    """``Backend.TORCH`` on dense tensors.
+
+    torch's CPU kernels return 0 for a row with nothing to attend to (checked by the tests); its CUDA
+    kernels are not documented to, so elsewhere such rows attend to everything and are then zeroed:
+    the kernel never sees an all ``-inf`` row, and the zeroed rows pass no gradient back.
+    """
+    if guard_empty_rows is None:
+        guard_empty_rows = query.device.type != "cpu"
+    if attn_mask is not None and attn_mask.dim() < 2:  # torch indexes dim -2 of the mask: give it one
+        attn_mask = attn_mask.reshape((1,) * (2 - attn_mask.dim()) + tuple(attn_mask.shape))
+    empty = None
+    if guard_empty_rows and attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            empty = ~attn_mask.any(dim=-1, keepdim=True)  # (..., L, 1)
+            attn_mask = attn_mask | empty
+        else:
+            empty = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
+            attn_mask = attn_mask.masked_fill(empty, 0.0)
+    out = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attn_mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=enable_gqa,
+    )
+    return out if empty is None else out.masked_fill(empty, 0.0)
+
+
+DENSE = {
+    Backend.TORCH: torch_sdpa,
+    Backend.MATH: attention_reference,
+    Backend.TRITON: triton_backend.attention,
+}
+
+
+def unavailable_reasons(backend: Backend, query: torch.Tensor) -> list[str]:
+    if backend is Backend.TRITON:
+        return triton_backend.unavailable_reasons(query)
+    return []  # TORCH and MATH serve every input that passed validation
+
+
+def select(query: torch.Tensor) -> tuple[Backend, dict[Backend, list[str]]]:
+    """The first enabled backend that can serve ``query``, and the reasons of those tried before it."""
+    order = enabled_backends() or default_order(query.device.type)
+    skipped: dict[Backend, list[str]] = {}
+    for backend in order:
+        reasons = unavailable_reasons(backend, query)
+        if not reasons:
+            return backend, skipped
+        skipped[backend] = reasons
+    lines = [f"  {b.name}: " + "; ".join(r) for b, r in skipped.items()]
+    raise NoBackendAvailableError(
+        "no enabled attention backend can serve these inputs:\n" + "\n".join(lines) + "\n"
+        "Enable another backend with kernels.sdpa_kernel([...]); kernels.explain(q, k, v) shows the choice."
+    )
