@@ -7,6 +7,7 @@ Public API::
     sdpa_kernel([Backend.TRITON, Backend.TORCH, Backend.MATH])   # restrict the backends
     explain(query, key, value, ...)                              # which backend, and why not the others
     attention_with_weights(query, key, value, ...)               # (output, weights), the explicit path
+    varlen_attention(q, k, v, cu_seqlens_q, cu_seqlens_k, ...)   # packed sequences, no padding
 
 ``triton`` is imported only inside this package, and only where it is installed.
 """
@@ -14,6 +15,7 @@ Public API::
 from .backends import Backend, NoBackendAvailableError, sdpa_kernel
 from .reference import attention_reference
 from .sdpa import Explanation, attention_with_weights, explain, scaled_dot_product_attention
+from .varlen import varlen_attention
 
 __all__ = [
     "Backend",
@@ -24,4 +26,5 @@ __all__ = [
     "explain",
     "scaled_dot_product_attention",
     "sdpa_kernel",
+    "varlen_attention",
 ]

@@ -6,6 +6,7 @@ misread. Each message names the argument, the value received and how to fix it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 
@@ -49,6 +50,61 @@ def validate_sdpa_args(
                 "into the mask (mask & torch.ones(L, S, dtype=torch.bool).tril()) and set is_causal=False"
             )
         _check_mask(attn_mask, query, key)
+
+
+def validate_varlen_args(
+    query: object,
+    key: object,
+    value: object,
+    cu_seqlens_q: object,
+    cu_seqlens_k: object,
+    dropout_p: object,
+    is_causal: object,
+    scale: object,
+    enable_gqa: object,
+) -> tuple[list[int], list[int]]:
+    """Checks of `kernels.varlen_attention`'s arguments; returns the query and key lengths per sequence."""
+    for name, t in zip(_NAMES, (query, key, value), strict=True):
+        if not isinstance(t, torch.Tensor) or t.is_nested:
+            raise TypeError(f"{name} must be a dense torch.Tensor (T, H, E) of packed tokens, got {type(t).__name__}")
+    assert isinstance(query, torch.Tensor) and isinstance(key, torch.Tensor) and isinstance(value, torch.Tensor)
+    _check_scalars(dropout_p, is_causal, scale, enable_gqa)
+    _check_dtypes_and_devices(query, key, value)
+    for name, t in zip(_NAMES, (query, key, value), strict=True):
+        if t.dim() != 3:
+            raise ValueError(f"{name} must be packed tokens (T, H, E), got shape {_shape(t)}")
+    if query.size(-1) != key.size(-1):
+        raise ValueError(f"query and key must have the same head dim E, got {_shape(query)} and {_shape(key)}")
+    if key.shape[:-1] != value.shape[:-1]:
+        raise ValueError(f"key {_shape(key)} and value {_shape(value)} must agree in every dimension but the last")
+    hq, hk = query.size(1), key.size(1)
+    if hq != hk and not enable_gqa:
+        raise ValueError(
+            f"query has {hq} heads but key/value have {hk}; pass enable_gqa=True for grouped-query attention"
+        )
+    if hq % hk:
+        raise ValueError(f"enable_gqa=True needs the query heads ({hq}) to be a multiple of the key/value heads ({hk})")
+    q_lens = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", query)
+    k_lens = _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", key)
+    if len(q_lens) != len(k_lens):
+        raise ValueError(f"cu_seqlens_q describes {len(q_lens)} sequences but cu_seqlens_k {len(k_lens)}")
+    return q_lens, k_lens
+
+
+def _check_cu_seqlens(offsets: object, name: str, tokens: torch.Tensor) -> list[int]:
+    if not isinstance(offsets, torch.Tensor) or offsets.dtype.is_floating_point or offsets.dtype == torch.bool:
+        raise TypeError(
+            f"{name} must be an integer tensor of offsets (B + 1,), got {getattr(offsets, 'dtype', offsets)}"
+        )
+    if offsets.dim() != 1 or offsets.numel() < 1:
+        raise ValueError(f"{name} must be 1-D offsets (B + 1,) starting at 0, got shape {_shape(offsets)}")
+    values = offsets.tolist()  # a host sync on CUDA
+    if values[0] != 0 or values[-1] != tokens.size(0) or any(b < a for a, b in itertools.pairwise(values)):
+        raise ValueError(
+            f"{name} must rise from 0 to the token count {tokens.size(0)}, got {values[:6]}"
+            f"{' ...' if len(values) > 6 else ''}; build it as pad(lengths.cumsum(0), (1, 0))"
+        )
+    return [b - a for a, b in itertools.pairwise(values)]
 
 
 def _check_scalars(dropout_p: object, is_causal: object, scale: object, enable_gqa: object) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ._nested import buckets, per_sequence_attention
+from ._nested import buckets, packed_attention
 from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
 from .dispatch import DENSE, select, unavailable_reasons
@@ -73,18 +73,19 @@ def scaled_dot_product_attention(
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     backend, _ = select(query)
     attend = DENSE[backend]
-    if query.is_nested:
-        return per_sequence_attention(
-            attend,
-            query,
-            key,
-            value,
-            dropout_p=dropout_p,
-            is_causal=is_causal,
-            scale=scale,
-            enable_gqa=enable_gqa,
-        )
-    return attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    if not query.is_nested:
+        return attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    q, k, v = (t.values().transpose(0, 1) for t in (query, key, value))  # (T, H, E) views of the buffers
+    out = packed_attention(
+        attend, q, k, v, _lengths(query), _lengths(key),
+        dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+    )  # fmt: skip
+    # On the query's own offsets, so the result's ragged dim is the query's: (B, j, H, Ev) -> (B, H, j, Ev)
+    return torch.nested.nested_tensor_from_jagged(out, offsets=query.offsets()).transpose(1, 2)
+
+
+def _lengths(t: torch.Tensor) -> list[int]:
+    return t.offsets().diff().tolist()  # a host sync on CUDA
 
 
 def attention_with_weights(
@@ -215,7 +216,7 @@ def _detail(
     if backend is None:
         return ""
     if query.is_nested:
-        n = len(buckets(query.offsets().diff().tolist(), key.offsets().diff().tolist()))
+        n = len(buckets(_lengths(query), _lengths(key)))
         how = {
             Backend.TORCH: "torch's dense SDPA",
             Backend.MATH: "the reference attention",

@@ -30,11 +30,6 @@ from .config import ConfigMixin, check_dropout, check_heads, check_positive_int,
 __all__ = ["CausalSelfAttention", "MultiheadAttention"]
 
 
-def _jagged(values: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-    """``(T, H, D)`` packed values -> ``(B, H, j, D)`` jagged nested tensor (the layout SDPA takes)."""
-    return torch.nested.nested_tensor_from_jagged(values, offsets=offsets).transpose(1, 2)
-
-
 def packed_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -46,9 +41,9 @@ def packed_attention(
     is_causal: bool,
 ) -> torch.Tensor:
     """Attention over packed sequences: ``q (Tq, E)``, ``k``/``v (Tk, E)`` -> ``(Tq, E)``."""
-    split = [_jagged(t.unflatten(-1, (heads, -1)), off) for t, off in ((q, q_offsets), (k, k_offsets), (v, k_offsets))]
-    out = kernels.scaled_dot_product_attention(*split, dropout_p=dropout_p, is_causal=is_causal)  # (B, H, j, D)
-    return out.transpose(1, 2).values().flatten(-2)  # (Tq, E)
+    q, k, v = (t.unflatten(-1, (heads, -1)) for t in (q, k, v))  # (T, H, D) views
+    out = kernels.varlen_attention(q, k, v, q_offsets, k_offsets, dropout_p=dropout_p, is_causal=is_causal)
+    return out.flatten(-2)  # (Tq, E)
 
 
 class MultiheadAttention(ConfigMixin, nn.MultiheadAttention):

@@ -1,0 +1,64 @@
+"""``kernels.varlen_attention``: attention over packed variable-length sequences (``cu_seqlens`` offsets)."""
+
+from __future__ import annotations
+
+import torch
+
+from ._nested import packed_attention
+from ._validate import validate_varlen_args
+from .dispatch import DENSE, select
+
+__all__ = ["varlen_attention"]
+
+
+def varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """Attention over a batch of sequences stored back to back, without padding.
+
+    Shapes (``T`` tokens of all sequences in batch order, ``B`` sequences)::
+
+        query          (Tq, H,  E)
+        key            (Tk, Hk, E)
+        value          (Tk, Hk, Ev)
+        cu_seqlens_q   (B + 1,) int   offsets: sequence b's queries are query[cu_seqlens_q[b]:cu_seqlens_q[b + 1]]
+        cu_seqlens_k   (B + 1,) int   likewise for key and value
+        returns        (Tq, H,  Ev)
+
+    Each sequence attends to its own keys only; ``is_causal`` is top-left aligned per sequence; a sequence
+    with no keys gives zeros. The other arguments are those of `scaled_dot_product_attention`, and so is the
+    backend choice (`sdpa_kernel`): this is what that function runs for jagged nested tensors, without the
+    nested wrapper, for layers that already hold packed tokens.
+
+    Example, run by the test suite:
+
+    ```python
+    import torch
+    import kernels
+
+    lengths = torch.tensor([3, 5])
+    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))  # [0, 3, 8]
+    q, k, v = (torch.randn(8, 4, 16) for _ in range(3))  # (T, H, E)
+    out = kernels.varlen_attention(q, k, v, cu, cu, is_causal=True)
+    first = kernels.scaled_dot_product_attention(
+        q[:3].transpose(0, 1), k[:3].transpose(0, 1), v[:3].transpose(0, 1), is_causal=True
+    )  # (H, L, E)
+    torch.testing.assert_close(out[:3], first.transpose(0, 1))
+    ```
+    """
+    q_lens, k_lens = validate_varlen_args(
+        query, key, value, cu_seqlens_q, cu_seqlens_k, dropout_p, is_causal, scale, enable_gqa
+    )
+    backend, _ = select(query)
+    return packed_attention(
+        DENSE[backend], query, key, value, q_lens, k_lens,
+        dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+    )  # fmt: skip
