@@ -1,6 +1,6 @@
 """Variable-length attention on packed sequences, one dense call per bucket of equal-length sequences.
 
-Why not torch's own nested SDPA: on CPU it is ~16x slower than dense fused SDPA on the packed tokens
+Why not torch's own nested SDPA: on CPU it is ~15x slower than dense fused SDPA on the packed tokens
 of each sequence, and it refuses ``is_causal`` (``python -m kernels.bench --nested``). Sequences of equal
 (query, key) lengths are stacked into one dense call, so a batch of uniform lengths costs one call.
 
