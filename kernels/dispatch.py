@@ -3,6 +3,8 @@ dense implementation of each."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -81,3 +83,11 @@ def select(query: torch.Tensor) -> tuple[Backend, dict[Backend, list[str]]]:
         "no enabled attention backend can serve these inputs:\n" + "\n".join(lines) + "\n"
         "Enable another backend with kernels.sdpa_kernel([...]); kernels.explain(q, k, v) shows the choice."
     )
+
+
+def profiled(entry: str, backend: Backend) -> contextlib.AbstractContextManager:
+    """A ``torch.profiler`` range named ``fusedlayers::<entry>[<BACKEND>]``, so profiler tables show which
+    attention ran where. Skipped while ``torch.compile`` traces (it would drop the range with a warning)."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return torch.profiler.record_function(f"fusedlayers::{entry}[{backend.name}]")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ._nested import buckets, packed_attention
 from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
-from .dispatch import DENSE, select, unavailable_reasons
+from .dispatch import DENSE, profiled, select, unavailable_reasons
 from .reference import attention_probs, repeat_kv
 
 __all__ = ["Explanation", "attention_with_weights", "explain", "scaled_dot_product_attention"]
@@ -74,12 +74,14 @@ def scaled_dot_product_attention(
     backend, _ = select(query)
     attend = DENSE[backend]
     if not query.is_nested:
-        return attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        with profiled("attention", backend):
+            return attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     q, k, v = (t.values().transpose(0, 1) for t in (query, key, value))  # (T, H, E) views of the buffers
-    out = packed_attention(
+    with profiled("nested_attention", backend):
+        out = packed_attention(
         attend, q, k, v, _lengths(query), _lengths(key),
-        dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
-    )  # fmt: skip
+            dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+        )  # fmt: skip
     # On the query's own offsets, so the result's ragged dim is the query's: (B, j, H, Ev) -> (B, H, j, Ev)
     return torch.nested.nested_tensor_from_jagged(out, offsets=query.offsets()).transpose(1, 2)
 
@@ -125,10 +127,11 @@ def attention_with_weights(
             "attention weights cannot be returned for nested inputs; call scaled_dot_product_attention "
             "(in a layer: pass need_weights=False)"
         )
-    weights = attention_probs(query, key, attn_mask, is_causal, scale, enable_gqa)  # (..., H, L, S)
-    if dropout_p > 0.0:
-        weights = F.dropout(weights, p=dropout_p)
-    return weights @ repeat_kv(value, query, enable_gqa), weights
+    with profiled("attention_with_weights", Backend.MATH):
+        weights = attention_probs(query, key, attn_mask, is_causal, scale, enable_gqa)  # (..., H, L, S)
+        if dropout_p > 0.0:
+            weights = F.dropout(weights, p=dropout_p)
+        return weights @ repeat_kv(value, query, enable_gqa), weights
 
 
 @dataclasses.dataclass(frozen=True)

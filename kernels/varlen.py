@@ -6,7 +6,7 @@ import torch
 
 from ._nested import packed_attention
 from ._validate import validate_varlen_args
-from .dispatch import DENSE, select
+from .dispatch import DENSE, profiled, select
 
 __all__ = ["varlen_attention"]
 
@@ -58,7 +58,8 @@ def varlen_attention(
         query, key, value, cu_seqlens_q, cu_seqlens_k, dropout_p, is_causal, scale, enable_gqa
     )
     backend, _ = select(query)
-    return packed_attention(
-        DENSE[backend], query, key, value, q_lens, k_lens,
-        dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
-    )  # fmt: skip
+    with profiled("varlen_attention", backend):
+        return packed_attention(
+            DENSE[backend], query, key, value, q_lens, k_lens,
+            dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
+        )  # fmt: skip

@@ -142,3 +142,14 @@ def test_torch_compile_fullgraph():
 
     compiled = torch.compile(f, fullgraph=True, backend="eager")
     torch.testing.assert_close(compiled(q, k, v), f(q, k, v))
+
+
+def test_profiler_names_the_attention_and_its_backend():
+    q, k, v = qkv()
+    x = torch.nested.nested_tensor([torch.randn(n, 3, 8) for n in (2, 5)], layout=torch.jagged).transpose(1, 2)
+    with torch.profiler.profile() as prof:
+        kernels.scaled_dot_product_attention(q, k, v)
+        with kernels.sdpa_kernel(Backend.MATH):
+            kernels.scaled_dot_product_attention(x, x, x)
+    names = {event.key for event in prof.key_averages()}
+    assert {"fusedlayers::attention[TORCH]", "fusedlayers::nested_attention[MATH]"} <= names
