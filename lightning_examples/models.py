@@ -215,8 +215,12 @@ class ClassifierBackbone(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = torch.nested.nested_tensor_from_jagged(self.embed(tokens.values()), offsets=tokens.offsets())  # (B, j, D)
-        h = self.encoder(x)  # (B, j, D), nested
-        return self.head(h.mean(dim=1))  # mean over each sequence's own tokens -> (B, num_classes)
+        h = self.encoder(x).values()  # (T, D): the tokens of all sequences, back to back
+        lengths = tokens.offsets().diff()  # (B,)
+        # Mean over each sequence's own tokens (the nested tensor's mean has no backward in torch 2.13).
+        owner = torch.repeat_interleave(torch.arange(len(lengths), device=h.device), lengths)  # (T,)
+        sums = h.new_zeros(len(lengths), h.size(-1)).index_add(0, owner, h)  # (B, D)
+        return self.head(sums / lengths.clamp(min=1)[:, None].to(h.dtype))  # (B, num_classes)
 
 
 class SequenceClassifier(pl.LightningModule):

@@ -17,6 +17,7 @@ import shutil
 import statistics
 import sys
 import time
+import warnings
 
 import pytorch_lightning as pl
 import torch
@@ -77,7 +78,9 @@ class ProfilerCallback(pl.Callback):
             f"ProfilerCallback: {steps} training step(s) planned (fast_dev_run or a short run), fewer than the "
             f"{needed} its schedule needs; profiling all of them, without skip or warm-up."
         )
-        return torch.profiler.schedule(wait=0, warmup=0, active=steps, repeat=1)
+        with warnings.catch_warnings():  # torch warns that there is no warm-up: said above already
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.profiler.schedule(wait=0, warmup=0, active=steps, repeat=1)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.out_dir is None:
@@ -166,7 +169,21 @@ class ProfilerCallback(pl.Callback):
             shutil.copyfileobj(src, dst)
         raw.unlink()
         sort_by = "self_device_time_total" if self._device.type != "cpu" else "self_cpu_time_total"
-        self.table = prof.key_averages().table(sort_by=sort_by, row_limit=self.row_limit)
+        averages = prof.key_averages()
+        self.table = averages.table(sort_by=sort_by, row_limit=self.row_limit) + _attention_lines(averages)
         self.table_path = self.out_dir / f"table_rank{self._rank}.txt"
         self.table_path.write_text(self.table)
         self._sort_by = sort_by
+
+
+def _attention_lines(averages) -> str:
+    """This package's attention ranges (``fusedlayers::...``), whose own time is small but whose total is
+    the attention's share of the step, as lines under the table."""
+    ranges = [e for e in averages if e.key.startswith("fusedlayers::")]
+    if not ranges:
+        return "\nNo fusedlayers attention range recorded (compiled code shows the kernels torch generated).\n"
+    lines = ["", "This package's attention (total time including the kernels it ran):"]
+    for e in sorted(ranges, key=lambda e: -e.cpu_time_total):
+        device = f", device {e.device_time_total / 1e3:.2f} ms" if e.device_time_total else ""
+        lines.append(f"  {e.key:<44} {e.count:>5} calls, CPU {e.cpu_time_total / 1e3:.2f} ms{device}")
+    return "\n".join(lines) + "\n"
