@@ -20,7 +20,6 @@ from lightning_examples.models import CharGPT, SequenceClassifier
 from lightning_examples.profiler import ProfilerCallback
 
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated",  # Lightning's own, about torch internals
     "ignore:.*does not have many workers:UserWarning",
     "ignore:The number of training batches:UserWarning",
     "ignore:You're resuming from a checkpoint that ended before the epoch ended",  # on purpose, below
