@@ -14,6 +14,7 @@ Jagged nested inputs ``(N, j, E)`` take the same packed path, in training too.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -79,14 +80,6 @@ def _norm_from_config(config: dict[str, Any] | None, dtype: str | None) -> nn.La
     return nn.LayerNorm(**config, dtype=getattr(torch, dtype) if dtype else None)
 
 
-def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
-    """torch's feed-forward block, with ReLU in place: it overwrites the first linear's output, which no
-    backward needs (addmm keeps its inputs), and saves an allocation of ``(T, dim_feedforward)``."""
-    h = self.linear1(x)
-    h = torch.relu_(h) if self.activation is F.relu and not h.is_nested else self.activation(h)
-    return self.dropout2(self.linear2(self.dropout(h)))
-
-
 def _packable(src: torch.Tensor, mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, is_causal) -> bool:
     """Whether the padded batch can run on its real tokens only: a bool key padding mask, batched input,
     and no attention mask but (the hint of) a causal one."""
@@ -98,7 +91,50 @@ def _packable(src: torch.Tensor, mask: torch.Tensor | None, key_padding_mask: to
     )
 
 
-class TransformerEncoderLayer(ConfigMixin, nn.TransformerEncoderLayer):
+class _FeedForwardLayer(ConfigMixin):
+    """What the encoder and decoder layers share: torch's constructor, with its arguments checked first and
+    the attention modules torch built made this package's (same tensors, so torch's initialisation), the
+    config, and the feed-forward block."""
+
+    def __init__(
+        self,
+        d_model: int,
+        nhead: int,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        activation: str | Callable[[torch.Tensor], torch.Tensor] = F.relu,
+        layer_norm_eps: float = 1e-5,
+        batch_first: bool = False,
+        norm_first: bool = False,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        _check_layer_args(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps)
+        super().__init__(
+            d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias,
+            device, dtype,
+        )  # fmt: skip
+        _swap_attention(self)
+
+    def get_config(self) -> dict[str, Any]:
+        return _layer_config(self)
+
+    def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
+        """torch's feed-forward block, with ReLU in place: it overwrites the first linear's output, which no
+        backward needs (addmm keeps its inputs), and saves an allocation of ``(T, dim_feedforward)``."""
+        h = self.linear1(x)
+        h = torch.relu_(h) if self.activation is F.relu and not h.is_nested else self.activation(h)
+        return self.dropout2(self.linear2(self.dropout(h)))
+
+
+def _swap_attention(module: nn.Module) -> None:
+    for m in module.modules():
+        if type(m) is nn.MultiheadAttention:
+            m.__class__ = MultiheadAttention
+
+
+class TransformerEncoderLayer(_FeedForwardLayer, nn.TransformerEncoderLayer):
     """Drop-in ``torch.nn.TransformerEncoderLayer`` on this package's attention.
 
     Same constructor, parameters, ``state_dict`` keys and forward as the torch class; see its documentation.
@@ -121,32 +157,6 @@ class TransformerEncoderLayer(ConfigMixin, nn.TransformerEncoderLayer):
     assert y.is_nested and layer.linear1.weight.grad is not None
     ```
     """
-
-    def __init__(
-        self,
-        d_model: int,
-        nhead: int,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        activation="relu",
-        layer_norm_eps: float = 1e-5,
-        batch_first: bool = False,
-        norm_first: bool = False,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-    ) -> None:
-        _check_layer_args(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps)
-        super().__init__(
-            d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias,
-            device, dtype,
-        )  # fmt: skip
-        self.self_attn.__class__ = MultiheadAttention
-
-    def get_config(self) -> dict[str, Any]:
-        return _layer_config(self)
-
-    _ff_block = _ff_block
 
     def forward(
         self,
@@ -238,7 +248,7 @@ class TransformerEncoder(ConfigMixin, nn.TransformerEncoder):
         check_positive_int(num_layers, "num_layers")
         super().__init__(encoder_layer, num_layers, norm, enable_nested_tensor, mask_check)
         for layer in self.layers:
-            _as_ours(layer, TransformerEncoderLayer)
+            _as_ours(layer, nn.TransformerEncoderLayer, TransformerEncoderLayer)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -286,7 +296,7 @@ class TransformerEncoder(ConfigMixin, nn.TransformerEncoder):
         return x if self.norm is None else self.norm(x)
 
 
-class TransformerDecoderLayer(ConfigMixin, nn.TransformerDecoderLayer):
+class TransformerDecoderLayer(_FeedForwardLayer, nn.TransformerDecoderLayer):
     """Drop-in ``torch.nn.TransformerDecoderLayer`` on this package's attention.
 
     torch's forward pass, with both attention modules (``self_attn``, ``multihead_attn``) this package's
@@ -305,33 +315,6 @@ class TransformerDecoderLayer(ConfigMixin, nn.TransformerDecoderLayer):
     assert y.shape == (2, 7, 32)
     ```
     """
-
-    def __init__(
-        self,
-        d_model: int,
-        nhead: int,
-        dim_feedforward: int = 2048,
-        dropout: float = 0.1,
-        activation="relu",
-        layer_norm_eps: float = 1e-5,
-        batch_first: bool = False,
-        norm_first: bool = False,
-        bias: bool = True,
-        device=None,
-        dtype=None,
-    ) -> None:
-        _check_layer_args(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps)
-        super().__init__(
-            d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias,
-            device, dtype,
-        )  # fmt: skip
-        self.self_attn.__class__ = MultiheadAttention
-        self.multihead_attn.__class__ = MultiheadAttention
-
-    def get_config(self) -> dict[str, Any]:
-        return _layer_config(self)
-
-    _ff_block = _ff_block
 
 
 class TransformerDecoder(ConfigMixin, nn.TransformerDecoder):
@@ -356,7 +339,7 @@ class TransformerDecoder(ConfigMixin, nn.TransformerDecoder):
         check_positive_int(num_layers, "num_layers")
         super().__init__(decoder_layer, num_layers, norm)
         for layer in self.layers:
-            _as_ours(layer, TransformerDecoderLayer)
+            _as_ours(layer, nn.TransformerDecoderLayer, TransformerDecoderLayer)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -373,11 +356,9 @@ class TransformerDecoder(ConfigMixin, nn.TransformerDecoder):
         return cls(layer, norm=norm, **config)
 
 
-def _as_ours(layer: nn.Module, cls: type) -> None:
+def _as_ours(layer: nn.Module, torch_cls: type, ours: type) -> None:
     """Swap a torch layer (and its attention modules) to this package's classes, keeping every tensor.
     A user's own subclass of the torch layer is left as it is."""
-    if type(layer) is cls.__mro__[2]:  # (ours, ConfigMixin, the torch class, ...)
-        layer.__class__ = cls
-    for module in layer.modules():
-        if type(module) is nn.MultiheadAttention:
-            module.__class__ = MultiheadAttention
+    if type(layer) is torch_cls:
+        layer.__class__ = ours
+    _swap_attention(layer)

@@ -181,3 +181,25 @@ def test_packing_round_trip_and_errors():
     torch.testing.assert_close(seq_first.values, packed.values)
     with pytest.raises(TypeError, match="key_padding_mask must be a bool tensor"):
         layers.pack_padded(x, pad.float())
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [
+        (layers.MultiheadAttention, nn.MultiheadAttention),
+        (layers.TransformerEncoderLayer, nn.TransformerEncoderLayer),
+        (layers.TransformerEncoder, nn.TransformerEncoder),
+        (layers.TransformerDecoderLayer, nn.TransformerDecoderLayer),
+        (layers.TransformerDecoder, nn.TransformerDecoder),
+    ],
+    ids=lambda c: c.__name__,
+)
+def test_signatures_are_torchs(ours, theirs):
+    """Constructor and forward: the same parameter names, order, kinds and defaults as torch.nn."""
+    import inspect
+
+    for method in ("__init__", "forward"):
+        a = inspect.signature(getattr(ours, method)).parameters
+        b = inspect.signature(getattr(theirs, method)).parameters
+        assert [(p.name, p.kind, p.default) for p in a.values()] == [(p.name, p.kind, p.default) for p in b.values()]
+    assert issubclass(ours, theirs)
