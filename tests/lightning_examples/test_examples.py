@@ -101,8 +101,12 @@ def test_compiled_run_checkpoint_loads_eager_and_back(tmp_path):
     pl.seed_everything(0)
     data = tiny_text()
     compiled = tiny_gpt(compile=True)
-    run = trainer(tmp_path / "compiled", max_steps=2, limit_val_batches=0, enable_checkpointing=False)
+    profiler = ProfilerCallback(out_dir=str(tmp_path / "prof"))  # the callback works under compile too
+    run = trainer(
+        tmp_path / "compiled", max_steps=2, limit_val_batches=0, enable_checkpointing=False, callbacks=[profiler]
+    )
     run.fit(compiled, data)
+    assert profiler.trace_path.exists() and "Self CPU time total" in profiler.table
     path = tmp_path / "compiled.ckpt"
     run.save_checkpoint(path)
     state = torch.load(path, weights_only=False)["state_dict"]
