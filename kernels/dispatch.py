@@ -63,18 +63,31 @@ DENSE = {
 }
 
 
-def unavailable_reasons(backend: Backend, query: torch.Tensor) -> list[str]:
+def unavailable_reasons(
+    backend: Backend,
+    query: torch.Tensor,
+    key: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    varlen: bool = False,
+) -> list[str]:
     if backend is Backend.TRITON:
-        return triton_backend.unavailable_reasons(query)
+        return triton_backend.unavailable_reasons(query, key, value, attn_mask, varlen)
     return []  # TORCH and MATH serve every input that passed validation
 
 
-def select(query: torch.Tensor) -> tuple[Backend, dict[Backend, list[str]]]:
-    """The first enabled backend that can serve ``query``, and the reasons of those tried before it."""
+def select(
+    query: torch.Tensor,
+    key: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    varlen: bool = False,
+) -> tuple[Backend, dict[Backend, list[str]]]:
+    """The first enabled backend that can serve the inputs, and the reasons of those tried before it."""
     order = enabled_backends() or default_order(query.device.type)
     skipped: dict[Backend, list[str]] = {}
     for backend in order:
-        reasons = unavailable_reasons(backend, query)
+        reasons = unavailable_reasons(backend, query, key, value, attn_mask, varlen)
         if not reasons:
             return backend, skipped
         skipped[backend] = reasons

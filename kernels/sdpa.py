@@ -71,7 +71,7 @@ def scaled_dot_product_attention(
     ```
     """
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    backend, _ = select(query)
+    backend, _ = select(query, key, value, attn_mask)
     attend = DENSE[backend]
     if not query.is_nested:
         with profiled("attention", backend):
@@ -187,9 +187,9 @@ def explain(
     enabled = enabled_backends()
     order = enabled or default_order(query.device.type)
     try:
-        chosen, reasons = select(query)
+        chosen, reasons = select(query, key, value, attn_mask)
     except NoBackendAvailableError:
-        chosen, reasons = None, {b: unavailable_reasons(b, query) for b in order}
+        chosen, reasons = None, {b: unavailable_reasons(b, query, key, value, attn_mask) for b in order}
     for backend in order:
         if backend is not chosen and backend not in reasons:
             reasons[backend] = [f"could run, but {chosen.name} comes first"] if chosen else []
@@ -200,7 +200,7 @@ def explain(
             why = "not enabled by sdpa_kernel(" + ", ".join(b.name for b in enabled) + ")"
         else:
             why = f"not tried by default on {query.device.type}; select it with sdpa_kernel"
-        reasons[backend] = [why, *unavailable_reasons(backend, query)]
+        reasons[backend] = [why, *unavailable_reasons(backend, query, key, value, attn_mask)]
     detail = _detail(chosen, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     return Explanation(chosen, reasons, detail)
 

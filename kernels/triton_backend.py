@@ -1,9 +1,7 @@
-"""The slot of ``Backend.TRITON``: the repository's fused Triton kernels.
+"""``Backend.TRITON``: when the repository's fused Triton kernels can serve a call, and the call itself.
 
-The kernels themselves land with the fused-kernel issue; until then this module reports, for
-`kernels.explain` and for the dispatcher, why the backend cannot serve a call.
-``triton`` is imported only inside ``kernels/`` and only when present, so the package imports on
-machines without it (macOS, Windows) and every layer runs on ``Backend.TORCH`` there.
+``triton`` is imported only inside ``kernels/`` and only when present (lazily, at the first call), so the
+package imports on machines without it (macOS, Windows) and every layer runs on ``Backend.TORCH`` there.
 """
 
 from __future__ import annotations
@@ -16,22 +14,41 @@ import torch
 # Read once: the Triton interpreter is chosen when @triton.jit decorates, i.e. at import time.
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
-KERNELS_BUILT = False  # flips when the fused kernels exist
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
 
 
-def unavailable_reasons(query: torch.Tensor) -> list[str]:
-    """Why the fused Triton kernels cannot serve ``query`` (empty when they can)."""
+def unavailable_reasons(
+    query: torch.Tensor,
+    key: torch.Tensor | None = None,
+    value: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    varlen: bool = False,
+) -> list[str]:
+    """Why the fused kernels cannot serve these inputs (empty when they can)."""
     reasons = []
-    if not KERNELS_BUILT:
-        reasons.append("the fused Triton kernels are not part of this version yet")
     if not TRITON_INSTALLED:
         reasons.append("triton is not installed (it has wheels for Linux only)")
     if query.device.type == "cpu" and not INTERPRETER:
         reasons.append("CPU tensor and no Triton interpreter (set TRITON_INTERPRET=1 before importing kernels)")
     elif query.device.type not in ("cpu", "cuda"):
         reasons.append(f"tensors on {query.device.type}; the kernels run on CUDA")
+    if query.dtype not in DTYPES:
+        reasons.append(f"dtype {query.dtype}; the kernels take float16, bfloat16 and float32")
+    elif query.dtype == torch.bfloat16 and INTERPRETER:
+        reasons.append("bfloat16 under the Triton interpreter, which computes it wrongly (triton issue #11584)")
+    if varlen or query.is_nested:
+        reasons.append("variable-length (nested) inputs need the varlen kernel, which is not built yet")
+    head_dims = [t.size(-1) for t in (query, value) if t is not None]
+    if max(head_dims) > MAX_HEAD_DIM:
+        reasons.append(f"head dim {max(head_dims)} > {MAX_HEAD_DIM}")
+    if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.requires_grad:
+        reasons.append("a float attn_mask that requires grad (the kernels do not compute its gradient)")
     return reasons
 
 
-def attention(*args: object, **kwargs: object) -> torch.Tensor:
-    raise NotImplementedError("Backend.TRITON has no kernels yet; unavailable_reasons() says so first")
+def attention(*args, **kwargs) -> torch.Tensor:
+    """F.sdpa's contract on the fused kernels; see `kernels.triton_ops.flash_attention`."""
+    from .triton_ops import flash_attention  # imports triton: only when the backend is used
+
+    return flash_attention(*args, **kwargs)

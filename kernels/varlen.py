@@ -57,7 +57,7 @@ def varlen_attention(
     q_lens, k_lens = validate_varlen_args(
         query, key, value, cu_seqlens_q, cu_seqlens_k, dropout_p, is_causal, scale, enable_gqa
     )
-    backend, _ = select(query)
+    backend, _ = select(query, key, value, varlen=True)
     with profiled("varlen_attention", backend):
         return packed_attention(
             DENSE[backend], query, key, value, q_lens, k_lens,

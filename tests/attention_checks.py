@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import kernels
 from kernels import Backend
+from kernels.dispatch import unavailable_reasons
 from kernels.reference import attention_reference
 
 # Relative floor on the error against float64, per dtype (scaled by the reference's largest magnitude).
@@ -23,14 +24,22 @@ FLOOR = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.b
 # and a backend that are wrong together (torch's own error then exceeds it).
 LIMIT = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 
-CPU_BACKENDS = [
+# Every backend, on every machine: without a GPU, TRITON runs under the Triton interpreter (tests/conftest.py).
+CPU_BACKENDS = [Backend.TORCH, Backend.MATH, Backend.TRITON]
+# Nested / packed variable-length inputs: TRITON says why it cannot serve them (the varlen kernel is to come).
+_VARLEN_REASONS = unavailable_reasons(Backend.TRITON, torch.empty(1, 1, 1), varlen=True)
+VARLEN_BACKENDS = [
     Backend.TORCH,
     Backend.MATH,
-    pytest.param(
-        Backend.TRITON,
-        marks=pytest.mark.skip(reason="Backend.TRITON has no kernels yet (the fused-kernel issue adds them)"),
-    ),
+    pytest.param(Backend.TRITON, marks=pytest.mark.skipif(bool(_VARLEN_REASONS), reason="; ".join(_VARLEN_REASONS))),
 ]
+
+
+def skip_if_unavailable(backend: Backend, query: torch.Tensor, **inputs) -> None:
+    """Skip, saying why, where a backend cannot serve these inputs by design (e.g. TRITON and float64)."""
+    reasons = unavailable_reasons(backend, query, **inputs)
+    if reasons:
+        pytest.skip(f"{backend.name} cannot serve this input: " + "; ".join(reasons))
 
 
 @contextlib.contextmanager
@@ -48,17 +57,23 @@ def forward_backward(
     tensors: dict[str, torch.Tensor | None],
     grad_out: torch.Tensor,
     dtype: torch.dtype,
+    mask_grad: bool = True,
     **kwargs: object,
 ) -> dict[str, torch.Tensor]:
     """Outputs and gradients of ``fn(query, key, value, attn_mask=..., **kwargs)`` in ``dtype``.
 
-    A float mask is a leaf too, so its gradient is compared; a bool mask is passed as it is.
+    A float mask is a leaf too (with ``mask_grad``), so its gradient is compared; a bool mask is passed as is.
     """
     leaves = {}
     for name, t in tensors.items():
         if t is None:
             continue
-        leaves[name] = t if t.dtype == torch.bool else leaf(t, dtype)
+        if t.dtype == torch.bool:
+            leaves[name] = t
+        elif name == "attn_mask" and not mask_grad:
+            leaves[name] = t.detach().to(dtype)
+        else:
+            leaves[name] = leaf(t, dtype)
     out = fn(leaves["query"], leaves["key"], leaves["value"], attn_mask=leaves.get("attn_mask"), **kwargs)
     out.backward(grad_out.to(dtype))
     result = {"out": out.detach()}
@@ -100,12 +115,16 @@ def compare_backend(
 ) -> dict[str, torch.Tensor]:
     """Run ``backend`` in ``dtype``, torch's SDPA in ``dtype`` and the reference in float64; compare."""
     q = tensors["query"]
+    skip_if_unavailable(backend, q.to(dtype), value=tensors["value"])
     shape_out = (*q.shape[:-1], tensors["value"].size(-1))
     grad_out = torch.randn(shape_out, dtype=torch.float64)
+    mask_grad = backend is not Backend.TRITON  # the fused kernels do not return a mask gradient (by design)
     with only(backend):
-        ours = forward_backward(kernels.scaled_dot_product_attention, tensors, grad_out, dtype, **kwargs)
-    theirs = forward_backward(torch_sdpa, tensors, grad_out, dtype, **kwargs)
-    ref = forward_backward(attention_reference, tensors, grad_out, torch.float64, **kwargs)
+        ours = forward_backward(
+            kernels.scaled_dot_product_attention, tensors, grad_out, dtype, mask_grad=mask_grad, **kwargs
+        )
+    theirs = forward_backward(torch_sdpa, tensors, grad_out, dtype, mask_grad=mask_grad, **kwargs)
+    ref = forward_backward(attention_reference, tensors, grad_out, torch.float64, mask_grad=mask_grad, **kwargs)
     assert_close_to_reference(ours, theirs, ref, dtype)
     return ours
 

@@ -79,14 +79,25 @@ def test_selection_is_per_thread():
     assert seen == {"other thread": None, "this thread": (Backend.MATH,)}
 
 
-def test_forcing_triton_on_cpu_lists_reasons():
+def test_forcing_triton_where_it_cannot_run_lists_reasons():
+    q, k, v = (t.double() for t in qkv())  # the kernels take float16, bfloat16 and float32
     with kernels.sdpa_kernel(Backend.TRITON), pytest.raises(NoBackendAvailableError) as err:
-        kernels.scaled_dot_product_attention(*qkv())
+        kernels.scaled_dot_product_attention(q, k, v)
     message = str(err.value)
-    assert "TRITON:" in message
-    assert "CPU tensor and no Triton interpreter (set TRITON_INTERPRET=1" in message
+    assert "TRITON: dtype torch.float64; the kernels take float16, bfloat16 and float32" in message
     assert "kernels.explain(q, k, v)" in message
     assert isinstance(err.value, RuntimeError)
+
+
+def test_triton_reasons():
+    from kernels import triton_backend
+
+    q = torch.randn(1, 2, 4, 320)
+    reasons = triton_backend.unavailable_reasons(q, value=q, attn_mask=torch.zeros(4, 4, requires_grad=True))
+    assert "head dim 320 > 256" in reasons
+    assert "a float attn_mask that requires grad (the kernels do not compute its gradient)" in reasons
+    if not triton_backend.INTERPRETER:
+        assert any("CPU tensor and no Triton interpreter" in r for r in reasons)
 
 
 def test_bad_selections():
@@ -102,20 +113,19 @@ def test_explain_default_cpu():
     why = kernels.explain(q, k, v, is_causal=True)
     assert why.backend is Backend.TORCH
     assert why.reasons[Backend.MATH] == ["could run, but TORCH comes first"]
-    assert "not tried by default on cpu" in why.reasons[Backend.TRITON][0]
-    assert any("Triton interpreter" in r for r in why.reasons[Backend.TRITON])
+    assert why.reasons[Backend.TRITON][0] == "not tried by default on cpu; select it with sdpa_kernel"
     assert "torch.nn.functional.scaled_dot_product_attention, which picks" in why.detail
     text = str(why)
     assert text.startswith("TORCH would run:") and "TRITON not used:" in text and "MATH not used:" in text
 
 
 def test_explain_under_sdpa_kernel():
-    q, k, v = qkv()
+    q, k, v = (t.double() for t in qkv())
     with kernels.sdpa_kernel([Backend.TRITON, Backend.MATH]):
         why = kernels.explain(q, k, v)
     assert why.backend is Backend.MATH
     assert why.reasons[Backend.TORCH] == ["not enabled by sdpa_kernel(TRITON, MATH)"]
-    assert any("CPU tensor" in r for r in why.reasons[Backend.TRITON])
+    assert any("dtype torch.float64" in r for r in why.reasons[Backend.TRITON])
     with kernels.sdpa_kernel(Backend.TRITON):
         nothing = kernels.explain(q, k, v)
     assert nothing.backend is None and str(nothing).startswith("no backend can run these inputs")

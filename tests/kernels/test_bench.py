@@ -28,8 +28,9 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
 
     assert by_name["TORCH (torch picks)"].ms > 0 and by_name["MATH (this repo's reference)"].ms > 0
     assert min(r.ratio for r in results if r.ratio is not None) == 1.0
-    assert "CPU tensor and no Triton interpreter" in by_name["TRITON"].skipped
-    assert "could not run:" in out and "TRITON:" in out and "x fastest" in out
+    triton = by_name["TRITON"]  # timed under the interpreter, or skipped with its reason
+    assert (triton.ms or 0) > 0 or "CPU tensor and no Triton interpreter" in triton.skipped
+    assert "could not run:" in out and "x fastest" in out
 
     data = json.loads((tmp_path / "sdpa_backends.json").read_text())
     assert data["config"]["seq_len"] == 32

@@ -6,12 +6,12 @@ import re
 
 import pytest
 import torch
-from attention_checks import CPU_BACKENDS, assert_close_to_reference, leaf, only, torch_sdpa
+from attention_checks import VARLEN_BACKENDS, assert_close_to_reference, leaf, only, torch_sdpa
 
 import kernels
 from kernels.reference import attention_reference
 
-pytestmark = pytest.mark.parametrize("backend", CPU_BACKENDS)
+pytestmark = pytest.mark.parametrize("backend", VARLEN_BACKENDS)
 
 
 def offsets(lengths):
