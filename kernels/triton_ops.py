@@ -21,21 +21,78 @@ from .triton_fwd import attn_fwd
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-# Tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) tried by the autotuner on a GPU, in a module-level list so
-# the offline compile check covers exactly them; `_prune` drops what cannot fit large head dims.
-CONFIGS = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 2), (64, 32, 4, 2), (32, 32, 4, 1)]
-INTERPRETER_CONFIG = (32, 32, 4, 1)  # one config: the interpreter cannot benchmark (TRITON-NOTES.md)
+# Tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries on a GPU, in a module-level list so the
+# offline compile check (`python -m kernels.compile_check`) covers exactly these; `prune` drops those that
+# would not fit large head dims. The interpreter cannot benchmark: it gets one config (TRITON-NOTES.md).
+CONFIGS = [
+    (128, 64, 8, 3), (128, 32, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1),
+    (32, 16, 4, 1), (16, 32, 4, 1), (16, 16, 4, 1), (16, 16, 2, 1),
+]  # fmt: skip
+INTERPRETER_CONFIG = (32, 32, 4, 1)
+AUTOTUNE_KEY = ["L", "S", "D", "DV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT"]
+_ALL = CONFIGS[:6]
+# The tiles that compile without register spills on both sm_80 and sm_90 (measured with the compile check,
+# triton 3.9, float16), per kernel, head-dim bucket (BLOCK_D <= 64 or <= 128) and whether a mask or dropout
+# tile is live (or the operands are float32). Larger head dims spill everywhere in the backward pass:
+# triton_backend caps them (MAX_HEAD_DIM).
+SPILL_FREE = {
+    "attn_fwd": {
+        (64, False): _ALL,
+        (64, True): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)],
+        (128, False): [(128, 32, 8, 2), (32, 16, 4, 1), (16, 32, 4, 1)],
+        (128, True): [(32, 16, 4, 1), (16, 16, 4, 1)],
+    },
+    "attn_bwd_dkdv": {
+        (64, False): _ALL[1:],
+        (64, True): [(16, 16, 2, 1)],
+        (128, False): [(64, 32, 4, 2), (32, 32, 4, 1), (32, 16, 4, 1)],
+        (128, True): [(16, 16, 4, 1)],
+    },
+    "attn_bwd_dq": {
+        (64, False): [(128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 1)],
+        (64, True): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)],
+        (128, False): [(16, 32, 4, 1), (32, 16, 4, 1)],
+        (128, True): [(32, 16, 4, 1), (16, 16, 4, 1)],
+    },
+}
 
 
-def _tiles(head_dim: int) -> tuple[int, int, int, int]:
-    """The tile for a head dim. Larger head dims need smaller tiles to fit shared memory and registers."""
-    if INTERPRET:
-        return INTERPRETER_CONFIG
-    if head_dim <= 64:
-        return CONFIGS[0]
-    if head_dim <= 128:
-        return CONFIGS[2]
-    return CONFIGS[4]
+def configs() -> list[triton.Config]:
+    tiles = [INTERPRETER_CONFIG] if INTERPRET else CONFIGS
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in tiles]
+
+
+def _tile(config: triton.Config) -> tuple[int, int, int, int]:
+    return (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
+
+
+def prune_for(kernel_name: str):
+    """The autotuner's early prune for one kernel: keep the spill-free tiles of the variant (SPILL_FREE)."""
+
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        if INTERPRET:
+            return configs
+        args = {**named_args, **kwargs}
+        bucket = 64 if max(args["BLOCK_D"], args["BLOCK_DV"]) <= 64 else 128
+        # A mask or dropout tile, or float32 operands (twice the registers), take the smaller tiles.
+        fp32 = getattr(args.get("Q"), "dtype", None) == torch.float32
+        extra = bool(args.get("HAS_DROPOUT")) or bool(args.get("MASK_KIND")) or fp32
+        allowed = SPILL_FREE[kernel_name][(bucket, extra)]
+        return [c for c in configs if _tile(c) in allowed] or configs[-1:]
+
+    return prune
+
+
+def _tuned(kernel):
+    """The kernel behind an autotuner with the module's configs and its prune rule."""
+    prune = prune_for(kernel.__name__)
+    return triton.autotune(configs(), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": prune})(kernel)
+
+
+attn_fwd_tuned, attn_bwd_dkdv_tuned, attn_bwd_dq_tuned = (_tuned(k) for k in (attn_fwd, attn_bwd_dkdv, attn_bwd_dq))
+
+
+PREPROCESS_BLOCK = 32
 
 
 def _block(dim: int) -> int:
@@ -71,13 +128,11 @@ def flash_attention_fwd(
     out = q.new_empty(B, H, L, DV)
     lse = torch.empty(B * H, L, device=q.device, dtype=torch.float32)
     mask_t, mask_strides, mask_kind = _mask_args(mask, q, S)
-    block_m, block_n, warps, stages = _tiles(max(D, DV))
-    grid = (triton.cdiv(L, block_m), B * H)
-    attn_fwd[grid](
+    attn_fwd_tuned[lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)](
         q, k, v, mask_t, out, lse, seed, *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
         H, H // k.size(1), L, S, D, DV, scale, dropout_p,
         IS_CAUSAL=is_causal, MASK_KIND=mask_kind, HAS_DROPOUT=dropout_p > 0, ALLOW_TF32=allow_tf32,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_block(D), BLOCK_DV=_block(DV), num_warps=warps, num_stages=stages,
+        BLOCK_D=_block(D), BLOCK_DV=_block(DV),
     )  # fmt: skip
     return out, lse
 
@@ -107,23 +162,21 @@ def flash_attention_bwd(
     B, H, L, D = q.shape
     Hk, S, DV = k.size(1), k.size(2), v.size(3)
     mask_t, mask_strides, mask_kind = _mask_args(mask, q, S)
-    block_m, block_n, warps, stages = _tiles(max(D, DV))
     consts = {
         "IS_CAUSAL": is_causal, "MASK_KIND": mask_kind, "HAS_DROPOUT": dropout_p > 0, "ALLOW_TF32": allow_tf32,
-        "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": _block(D), "BLOCK_DV": _block(DV),
-        "num_warps": warps, "num_stages": stages,
+        "BLOCK_D": _block(D), "BLOCK_DV": _block(DV),
     }  # fmt: skip
     delta = torch.empty(B * H, L, device=q.device, dtype=torch.float32)
-    attn_bwd_preprocess[(triton.cdiv(L, block_m), B * H)](
-        out, grad_out, delta, *out.stride(), *grad_out.stride(), H, L, DV, BLOCK_M=block_m, BLOCK_DV=_block(DV)
+    attn_bwd_preprocess[(triton.cdiv(L, PREPROCESS_BLOCK), B * H)](
+        out, grad_out, delta, *out.stride(), *grad_out.stride(), H, L, DV, BLOCK_M=PREPROCESS_BLOCK, BLOCK_DV=_block(DV)
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     common = (*q.stride(), *k.stride(), *v.stride(), *mask_strides, *grad_out.stride())
     sizes = (H, H // Hk, L, S, D, DV, scale, dropout_p)
-    attn_bwd_dkdv[(triton.cdiv(S, block_n), B * Hk)](
+    attn_bwd_dkdv_tuned[lambda meta: (triton.cdiv(S, meta["BLOCK_N"]), B * Hk)](
         q, k, v, mask_t, grad_out, lse, delta, dk, dv, seed, *common, *dk.stride(), *dv.stride(), *sizes, **consts
     )
-    attn_bwd_dq[(triton.cdiv(L, block_m), B * H)](
+    attn_bwd_dq_tuned[lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)](
         q, k, v, mask_t, grad_out, lse, delta, dq, seed, *common, *dq.stride(), *sizes, **consts
     )
     return dq, dk, dv
