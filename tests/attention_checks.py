@@ -75,7 +75,7 @@ def forward_backward(
         else:
             leaves[name] = leaf(t, dtype)
     out = fn(leaves["query"], leaves["key"], leaves["value"], attn_mask=leaves.get("attn_mask"), **kwargs)
-    out.backward(grad_out.to(dtype))
+    out.backward(grad_out.to(out))  # dtype and device of the output (CUDA tests)
     result = {"out": out.detach()}
     for name, t in leaves.items():
         if t.requires_grad:
