@@ -1,6 +1,7 @@
 """Benchmark of the attention backends: ``python -m kernels.bench``.
 
-Two experiments, each timing every variant on one input in the same run:
+Two experiments, each timing every variant on one input in the same run (and ``--sweep``, the kernel
+benchmark over passes, dtypes, head dims and lengths: `kernels.bench_sweep`):
 
 - dense (default): the experiment of PyTorch's SDPA tutorial (default / math / flash / efficient on batch
   32, heads 32, length 1024, head dim 32, fp16), done through this package's dispatcher: every
@@ -222,6 +223,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--nested", action="store_true", help="the nested-vs-padded experiment")
+    parser.add_argument(
+        "--sweep", action="store_true", help="the kernel sweep (see python -m kernels.bench --sweep --help)"
+    )
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--dtype", default="float16" if cuda else "float32", choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--batch", type=int, help="default: 32 on CUDA; on CPU 4 (dense), 16 (nested)")
@@ -244,6 +248,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--sweep" in argv:  # the kernel benchmark proper: kernels.bench_sweep
+        from .bench_sweep import main as sweep
+
+        return sweep([a for a in argv if a != "--sweep"])
     args = parse_args(argv)
     # torch's nested SDPA logs why each of its kernels declines and warns that strided nested tensors are a
     # prototype (it converts to them internally): the table says what matters.

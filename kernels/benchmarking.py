@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 from torch.utils import benchmark as torch_benchmark
 
-__all__ = ["bar_chart", "median_seconds"]
+__all__ = ["bar_chart", "line_charts", "median_seconds"]
 
 log = logging.getLogger(__name__)
 
@@ -57,5 +57,37 @@ def bar_chart(
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def line_charts(path: pathlib.Path, title: str, panels: dict[str, dict[str, list[tuple[float, float | None]]]]) -> bool:
+    """One small panel per key, one line per series of ``(x, y)`` points (``y`` None: not run), log-2 x axis."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot written (pip install matplotlib)")
+        return False
+    cols = min(4, len(panels)) or 1
+    rows = -(-len(panels) // cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+    for ax, (name, series) in zip(axes.flat, panels.items(), strict=False):
+        for label, points in series.items():
+            xs = [x for x, y in points if y is not None]
+            ax.plot(xs, [y for _, y in points if y is not None], marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("sequence length", fontsize=7)
+        ax.set_ylabel("TFLOP/s", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(textwrap.fill(title, 120), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

@@ -54,3 +54,18 @@ def test_padded_lengths_about_half_padding():
     lengths = bench.padded_lengths(16, 256, torch.Generator().manual_seed(0))
     assert lengths[0] == 256 and min(lengths) >= 1 and sorted(lengths) == sorted(set(lengths))
     assert sum(lengths) == 2176  # the seed's experiment: ~53% real tokens
+
+
+def test_kernel_sweep_runs_what_it_can(tmp_path, capsys):
+    argv = "--sweep --dtypes float16 --head-dims 16 --seq-lens 16 32 --tokens 64 --heads 1 --min-run-time 0.01"
+    points = bench.main([*argv.split(), "--out-dir", str(tmp_path)])
+    assert {p.step for p in points} == {"fwd", "bwd", "fwd+bwd"} and {p.causal for p in points} == {False, True}
+    flash = [p for p in points if p.variant == "torch flash"]
+    assert all(p.tflops > 0 and p.batch * p.seq_len == 64 for p in flash)  # constant tokens per batch
+    for p in points:
+        assert (p.tflops is not None) != (p.skipped is not None), p  # a time, or the reason there is none
+    out = capsys.readouterr().out
+    assert "fwd+bwd:" in out and "TFLOP/s" in out
+    data = json.loads((tmp_path / "kernels_sweep.json").read_text())
+    assert len(data["points"]) == len(points)
+    assert (tmp_path / "kernels_sweep.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,165 @@
+"""The kernel benchmark proper: ``python -m kernels.bench --sweep``.
+
+TRITON against each of torch's SDPA kernels (flash, efficient, cuDNN, math, forced one at a time) in one run,
+over forward, backward and forward + backward, causal or not, float16 and bfloat16, head dims 64 and 128, and
+sequence lengths from 512 to 16k at a constant number of tokens per batch (batch = tokens / length).
+Throughput in TFLOP/s from `attention_flops` (forward: 4 * B * H * L * S * D, halved when causal; backward 2.5x
+the forward, forward + backward 3.5x: the backward pass does five matrix products to the forward's two).
+
+A combination a kernel cannot run is listed with its reason. Without a GPU the default sizes are small
+(it runs what it can: torch's CPU kernels) and TRITON is reported as skipped unless interpreted.
+Output: a table per pass, a JSON file and a PNG of TFLOP/s against sequence length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import itertools
+import json
+import pathlib
+import sys
+from collections.abc import Callable
+
+import torch
+from torch.nn.attention import SDPBackend
+from tqdm import tqdm
+
+from .backends import Backend, NoBackendAvailableError
+from .bench import _only, _torch_refusal, attention_flops
+from .benchmarking import line_charts, median_seconds
+from .sdpa import scaled_dot_product_attention
+
+PASS_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
+VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
+    "TRITON": lambda: _only(Backend.TRITON),
+    "torch flash": lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.FLASH_ATTENTION),
+    "torch efficient": lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.EFFICIENT_ATTENTION),
+    "torch cuDNN": lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.CUDNN_ATTENTION),
+    "torch math": lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.MATH),
+}
+
+
+@dataclasses.dataclass
+class Point:
+    variant: str
+    step: str
+    dtype: str
+    head_dim: int
+    causal: bool
+    seq_len: int
+    batch: int
+    ms: float | None = None
+    tflops: float | None = None
+    skipped: str | None = None
+
+
+def _call(step: str, q, k, v, causal: bool):
+    """One timed call of ``step``; the forward of a backward-only timing runs once, outside the timing."""
+    if step == "fwd":
+        return lambda: scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if step == "fwd+bwd":
+
+        def fwd_bwd():
+            out = scaled_dot_product_attention(q, k, v, is_causal=causal)
+            torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+
+        return fwd_bwd
+    out = scaled_dot_product_attention(q, k, v, is_causal=causal)
+    grad = torch.ones_like(out)
+    return lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
+
+
+def measure(args: argparse.Namespace, variant: str, step: str, dtype: str, head_dim: int, causal: bool, seq_len: int):
+    batch = max(1, args.tokens // seq_len)
+    point = Point(variant, step, dtype, head_dim, causal, seq_len, batch)
+    shape = (batch, args.heads, seq_len, head_dim)  # (B, H, L, D)
+    gen = torch.Generator(device=args.device).manual_seed(0)
+    q, k, v = (
+        torch.randn(shape, device=args.device, dtype=getattr(torch, dtype), generator=gen, requires_grad=step != "fwd")
+        for _ in range(3)
+    )
+    try:
+        with VARIANTS[variant]():
+            seconds = median_seconds(_call(step, q, k, v, causal), args.min_run_time)
+    except NoBackendAvailableError as err:
+        point.skipped = "; ".join(line.split(": ", 1)[-1].strip() for line in str(err).splitlines()[1:-1])
+        return point
+    except RuntimeError as err:  # torch refusing one of its kernels for this input
+        point.skipped = _torch_refusal(err, torch.device(args.device))
+        return point
+    flops = attention_flops(batch, args.heads, seq_len, seq_len, head_dim, causal) * PASS_FACTOR[step]
+    point.ms, point.tflops = seconds * 1e3, flops / seconds / 1e12
+    return point
+
+
+def run(args: argparse.Namespace) -> list[Point]:
+    grid = list(itertools.product(args.steps, args.dtypes, args.head_dims, (False, True), args.seq_lens, args.variants))
+    points = []
+    for step, dtype, head_dim, causal, seq_len, variant in tqdm(grid, desc="sweep", unit="point", file=sys.stderr):
+        points.append(measure(args, variant, step, dtype, head_dim, causal, seq_len))
+    return points
+
+
+def format_tables(points: list[Point], args: argparse.Namespace) -> str:
+    lines = [f"Attention kernels on {args.device}: TFLOP/s, {args.tokens} tokens per batch, {args.heads} heads"]
+    for step in args.steps:
+        lines += [
+            "",
+            f"{step}:",
+            f"{'dtype':<9} {'D':>4} {'causal':>6} {'L':>6} " + "".join(f"{v:>17}" for v in args.variants),
+        ]
+        keys = sorted({(p.dtype, p.head_dim, p.causal, p.seq_len) for p in points if p.step == step})
+        for dtype, d, causal, length in keys:
+            row = {
+                p.variant: p
+                for p in points
+                if (p.step, p.dtype, p.head_dim, p.causal, p.seq_len) == (step, dtype, d, causal, length)
+            }
+            cells = "".join(
+                f"{row[v].tflops:>17.3f}" if row[v].tflops is not None else f"{'skipped':>17}" for v in args.variants
+            )
+            lines.append(f"{dtype:<9} {d:>4} {causal!s:>6} {length:>6} {cells}")
+    reasons = sorted({(p.variant, p.skipped) for p in points if p.skipped})
+    if reasons:
+        lines += ["", "skipped:"] + [f"  {variant}: {why}" for variant, why in reasons]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(prog="python -m kernels.bench --sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument(
+        "--dtypes", nargs="+", default=["float16", "bfloat16"], choices=["float16", "bfloat16", "float32"]
+    )
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument(
+        "--seq-lens", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384] if cuda else [128, 256]
+    )
+    parser.add_argument("--tokens", type=int, default=16384 if cuda else 512, help="batch x length, kept constant")
+    parser.add_argument("--heads", type=int, default=16 if cuda else 2)
+    parser.add_argument("--steps", nargs="+", default=list(PASS_FACTOR), choices=list(PASS_FACTOR))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--min-run-time", type=float, default=0.5 if cuda else 0.1)
+    parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("bench-results"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[Point]:
+    args = parse_args(argv)
+    points = run(args)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = args.out_dir / "kernels_sweep.json", args.out_dir / "kernels_sweep.png"
+    config = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()}
+    payload = {"config": config, "torch": torch.__version__, "points": [dataclasses.asdict(p) for p in points]}
+    json_path.write_text(json.dumps(payload, indent=2))
+    panels = {}
+    for p in points:
+        panel = f"{p.step}, {p.dtype}, D={p.head_dim}{', causal' if p.causal else ''}"
+        panels.setdefault(panel, {}).setdefault(p.variant, []).append((p.seq_len, p.tflops))
+    plotted = line_charts(png_path, f"Attention kernels on {args.device}: TFLOP/s vs sequence length", panels)
+    print(format_tables(points, args))
+    print(f"\nwrote {json_path}" + (f" and {png_path}" if plotted else ""))
+    return points
