@@ -26,7 +26,7 @@ import tempfile
 
 SHARED_LIMIT = {80: 166_912, 90: 232_448}  # bytes of shared memory per block (TRITON-NOTES.md)
 DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-HEAD_DIMS = (16, 64, 80, 128)  # up to triton_backend.MAX_HEAD_DIM
+HEAD_DIMS = (16, 64, 80, 128, 192, 256)
 MAIN = {"dtype": "float16", "head_dim": 64, "causal": False, "mask": 0, "dropout": False}
 
 
@@ -170,6 +170,8 @@ def variants(full: bool, archs: tuple[int, ...]) -> list[Variant]:
             others = [{"causal": True}, {"mask": 1}, {"mask": 2}, {"dropout": True, "mask": 1, "causal": True},
                       {"dtype": "bfloat16", "head_dim": 128}, {"dtype": "float32"}]  # fmt: skip
             others += [{"head_dim": d} for d in HEAD_DIMS if d != MAIN["head_dim"]]
+            others += [{"head_dim": 256, "mask": 1, "dropout": True}, {"head_dim": 256, "dtype": "float32"},
+                       {"head_dim": 256, "dtype": "bfloat16", "causal": True}]  # fmt: skip
             for change in others:
                 flags = {**MAIN, **change}
                 out.append(Variant(kernel, arch, tile=tiles(kernel, **flags)[0], **flags))

@@ -15,7 +15,7 @@ import torch
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 128  # above, the backward kernels spill registers (kernels.compile_check)
+MAX_HEAD_DIM = 256
 
 
 def unavailable_reasons(

@@ -27,34 +27,50 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CONFIGS = [
     (128, 64, 8, 3), (128, 32, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1),
     (32, 16, 4, 1), (16, 32, 4, 1), (16, 16, 4, 1), (16, 16, 2, 1),
+    (16, 32, 8, 1), (16, 16, 8, 1), (32, 32, 8, 1),  # head dims above 128: 8 warps share the wide rows
 ]  # fmt: skip
 INTERPRETER_CONFIG = (32, 32, 4, 1)
 AUTOTUNE_KEY = ["L", "S", "D", "DV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT"]
 _ALL = CONFIGS[:6]
 # The tiles that compile without register spills on both sm_80 and sm_90 (measured with the compile check,
-# triton 3.9, float16), per kernel, head-dim bucket (BLOCK_D <= 64 or <= 128) and whether a mask or dropout
-# tile is live (or the operands are float32). Larger head dims spill everywhere in the backward pass:
-# triton_backend caps them (MAX_HEAD_DIM).
+# triton 3.9), per kernel, head-dim bucket (BLOCK_D <= 64, 128 or 256) and kind: "plain", "tile" (a mask or
+# dropout tile is live) or "fp32" (float32 operands, twice the registers).
 SPILL_FREE = {
     "attn_fwd": {
-        (64, False): _ALL,
-        (64, True): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)],
-        (128, False): [(128, 32, 8, 2), (32, 16, 4, 1), (16, 32, 4, 1)],
-        (128, True): [(32, 16, 4, 1), (16, 16, 4, 1)],
+        (64, "plain"): _ALL,
+        (64, "tile"): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)],
+        (128, "plain"): [(128, 32, 8, 2), (32, 16, 4, 1), (16, 32, 4, 1)],
+        (128, "tile"): [(32, 16, 4, 1), (16, 16, 4, 1)],
+        (256, "plain"): [(16, 16, 8, 1)],
+        (256, "tile"): [(16, 16, 8, 1)],
     },
     "attn_bwd_dkdv": {
-        (64, False): _ALL[1:],
-        (64, True): [(16, 16, 2, 1)],
-        (128, False): [(64, 32, 4, 2), (32, 32, 4, 1), (32, 16, 4, 1)],
-        (128, True): [(16, 16, 4, 1)],
+        (64, "plain"): _ALL[1:],
+        (64, "tile"): [(16, 16, 2, 1)],
+        (128, "plain"): [(64, 32, 4, 2), (32, 32, 4, 1), (32, 16, 4, 1)],
+        (128, "tile"): [(16, 16, 4, 1)],
+        (256, "plain"): [(16, 32, 8, 1), (32, 32, 8, 1)],
+        (256, "tile"): [(16, 32, 8, 1)],
+        (256, "fp32"): [(16, 16, 8, 1)],
     },
     "attn_bwd_dq": {
-        (64, False): [(128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 1)],
-        (64, True): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)],
-        (128, False): [(16, 32, 4, 1), (32, 16, 4, 1)],
-        (128, True): [(32, 16, 4, 1), (16, 16, 4, 1)],
+        (64, "plain"): [(128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 1)],
+        (64, "tile"): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)],
+        (128, "plain"): [(16, 32, 4, 1), (32, 16, 4, 1)],
+        (128, "tile"): [(32, 16, 4, 1), (16, 16, 4, 1)],
+        (256, "plain"): [(16, 16, 8, 1)],
+        (256, "tile"): [(16, 16, 8, 1)],
     },
 }
+
+
+def spill_free_tiles(kernel_name: str, block_d: int, tile_live: bool, fp32: bool) -> list[tuple[int, int, int, int]]:
+    """The row of SPILL_FREE for a variant; "fp32" falls back to "tile" where it has no row of its own."""
+    bucket = next(b for b in (64, 128, 256) if block_d <= b)
+    table = SPILL_FREE[kernel_name]
+    if fp32 and (bucket, "fp32") in table:
+        return table[(bucket, "fp32")]
+    return table[(bucket, "tile" if tile_live or fp32 else "plain")]
 
 
 def configs() -> list[triton.Config]:
@@ -73,11 +89,9 @@ def prune_for(kernel_name: str):
         if INTERPRET:
             return configs
         args = {**named_args, **kwargs}
-        bucket = 64 if max(args["BLOCK_D"], args["BLOCK_DV"]) <= 64 else 128
-        # A mask or dropout tile, or float32 operands (twice the registers), take the smaller tiles.
         fp32 = getattr(args.get("Q"), "dtype", None) == torch.float32
-        extra = bool(args.get("HAS_DROPOUT")) or bool(args.get("MASK_KIND")) or fp32
-        allowed = SPILL_FREE[kernel_name][(bucket, extra)]
+        tile_live = bool(args.get("HAS_DROPOUT")) or bool(args.get("MASK_KIND"))
+        allowed = spill_free_tiles(kernel_name, max(args["BLOCK_D"], args["BLOCK_DV"]), tile_live, fp32)
         return [c for c in configs if _tile(c) in allowed] or configs[-1:]
 
     return prune
