@@ -40,9 +40,10 @@ class Variant:
     mask: int  # 0 none, 1 bool, 2 additive
     dropout: bool
     tile: tuple[int, int, int, int]  # BLOCK_M, BLOCK_N, num_warps, num_stages
+    varlen: bool = False  # packed sequences with cu_seqlens offsets
 
     def label(self) -> str:
-        flags = [f for f, on in (("causal", self.causal), ("dropout", self.dropout)) if on]
+        flags = [f for f, on in (("varlen", self.varlen), ("causal", self.causal), ("dropout", self.dropout)) if on]
         flags += [["", "bool mask", "additive mask"][self.mask]] if self.mask else []
         m, n, w, s = self.tile
         return (
@@ -60,7 +61,10 @@ def _kernels():
 
 def _signature(fn, v: Variant, constexprs: dict) -> dict[str, str]:
     data = "*" + DTYPES[v.dtype]
-    pointers = {"Lse": "*fp32", "Delta": "*fp32", "Seed": "*i64", "Mask": "*u8" if v.mask == 1 else data}
+    pointers = {
+        "Lse": "*fp32", "Delta": "*fp32", "Seed": "*i64", "Mask": "*u8" if v.mask == 1 else data,
+        "CuQ": "*i32", "CuK": "*i32",
+    }  # fmt: skip
     floats = {"sm_scale", "dropout_p"}
     signature = {}
     for name in fn.arg_names:
@@ -68,7 +72,7 @@ def _signature(fn, v: Variant, constexprs: dict) -> dict[str, str]:
             signature[name] = "constexpr"
         elif name in pointers:
             signature[name] = pointers[name]
-        elif name[0].isupper() and name not in ("H", "GROUP", "L", "S", "D", "DV"):
+        elif name[0].isupper() and name not in ("H", "GROUP", "L", "S", "D", "DV", "TQ", "TK"):
             signature[name] = data
         else:
             signature[name] = "fp32" if name in floats else "i32"
@@ -83,6 +87,7 @@ def _constexprs(v: Variant) -> dict:
         return {"BLOCK_M": PREPROCESS_BLOCK, "BLOCK_DV": _block(v.head_dim)}
     return {
         "IS_CAUSAL": v.causal, "MASK_KIND": v.mask, "HAS_DROPOUT": v.dropout, "ALLOW_TF32": v.dtype == "float32",
+        "VARLEN": v.varlen,
         "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": _block(v.head_dim), "BLOCK_DV": _block(v.head_dim),
     }  # fmt: skip
 
@@ -141,7 +146,7 @@ def compile_variant(v: Variant) -> dict:
 def variants(full: bool, archs: tuple[int, ...]) -> list[Variant]:
     from .triton_ops import CONFIGS, _block, prune_for
 
-    def tiles(kernel: str, **flags) -> list[tuple[int, int, int, int]]:
+    def tiles(kernel: str, varlen: bool = False, **flags) -> list[tuple[int, int, int, int]]:
         """The configs the autotuner keeps for this variant (after the prune rule)."""
         import triton
 
@@ -150,7 +155,7 @@ def variants(full: bool, archs: tuple[int, ...]) -> list[Variant]:
         import torch
 
         args = {"BLOCK_D": block, "BLOCK_DV": block, "HAS_DROPOUT": flags["dropout"], "MASK_KIND": flags["mask"],
-                "Q": torch.empty(0, dtype=getattr(torch, flags["dtype"]))}  # fmt: skip
+                "VARLEN": varlen, "Q": torch.empty(0, dtype=getattr(torch, flags["dtype"]))}  # fmt: skip
         name = {"fwd": "attn_fwd", "bwd_dkdv": "attn_bwd_dkdv", "bwd_dq": "attn_bwd_dq"}[kernel]
         kept = prune_for(name)(candidates, args)
         return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept]
@@ -170,11 +175,16 @@ def variants(full: bool, archs: tuple[int, ...]) -> list[Variant]:
             others = [{"causal": True}, {"mask": 1}, {"mask": 2}, {"dropout": True, "mask": 1, "causal": True},
                       {"dtype": "bfloat16", "head_dim": 128}, {"dtype": "float32"}]  # fmt: skip
             others += [{"head_dim": d} for d in HEAD_DIMS if d != MAIN["head_dim"]]
-            others += [{"head_dim": 256, "mask": 1, "dropout": True}, {"head_dim": 256, "dtype": "float32"},
-                       {"head_dim": 256, "dtype": "bfloat16", "causal": True}]  # fmt: skip
+            others += [
+                {"head_dim": 256, "mask": 1, "dropout": True},
+                {"head_dim": 256, "dtype": "bfloat16", "causal": True},
+            ]
             for change in others:
                 flags = {**MAIN, **change}
                 out.append(Variant(kernel, arch, tile=tiles(kernel, **flags)[0], **flags))
+            for change in ({}, {"causal": True, "dropout": True}, {"head_dim": 128, "dtype": "bfloat16"}):
+                flags = {**MAIN, **change}  # the variable-length mode: no mask, offsets from cu_seqlens
+                out += [Variant(kernel, arch, tile=t, varlen=True, **flags) for t in tiles(kernel, True, **flags)[:1]]
     return out
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from . import triton_backend
 from ._nested import buckets, packed_attention
 from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
@@ -77,11 +78,12 @@ def scaled_dot_product_attention(
         with profiled("attention", backend):
             return attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     q, k, v = (t.values().transpose(0, 1) for t in (query, key, value))  # (T, H, E) views of the buffers
+    options = {"dropout_p": dropout_p, "is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
     with profiled("nested_attention", backend):
-        out = packed_attention(
-        attend, q, k, v, _lengths(query), _lengths(key),
-            dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
-        )  # fmt: skip
+        if backend is Backend.TRITON:  # one launch; the offsets stay on the device (no host sync)
+            out = triton_backend.varlen_attention(q, k, v, query.offsets(), key.offsets(), **options)
+        else:
+            out = packed_attention(attend, q, k, v, _lengths(query), _lengths(key), **options)
     # On the query's own offsets, so the result's ragged dim is the query's: (B, j, H, Ev) -> (B, H, j, Ev)
     return torch.nested.nested_tensor_from_jagged(out, offsets=query.offsets()).transpose(1, 2)
 

@@ -37,11 +37,11 @@ def unavailable_reasons(
         reasons.append(f"dtype {query.dtype}; the kernels take float16, bfloat16 and float32")
     elif query.dtype == torch.bfloat16 and INTERPRETER:
         reasons.append("bfloat16 under the Triton interpreter, which computes it wrongly (triton issue #11584)")
-    if varlen or query.is_nested:
-        reasons.append("variable-length (nested) inputs need the varlen kernel, which is not built yet")
     head_dims = [t.size(-1) for t in (query, value) if t is not None]
     if max(head_dims) > MAX_HEAD_DIM:
         reasons.append(f"head dim {max(head_dims)} > {MAX_HEAD_DIM}")
+    elif max(head_dims) > 128 and query.dtype == torch.float32:
+        reasons.append("float32 with a head dim above 128 (the backward kernel spills registers there)")
     if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.requires_grad:
         reasons.append("a float attn_mask that requires grad (the kernels do not compute its gradient)")
     return reasons
@@ -52,3 +52,10 @@ def attention(*args, **kwargs) -> torch.Tensor:
     from .triton_ops import flash_attention  # imports triton: only when the backend is used
 
     return flash_attention(*args, **kwargs)
+
+
+def varlen_attention(*args, **kwargs) -> torch.Tensor:
+    """Packed sequences on the fused kernels, one launch; see `kernels.triton_ops.flash_attention_varlen`."""
+    from .triton_ops import flash_attention_varlen
+
+    return flash_attention_varlen(*args, **kwargs)

@@ -48,22 +48,40 @@ def _score_block(
 
 
 @triton.jit
-def _dropout_keep(seed, offs_m, cols, bh, L, S, dropout_p):
-    """Philox keep mask of a (BLOCK_M, BLOCK_N) tile; offsets are element indices in (B*H, L, S)."""
-    offsets = (bh * L + offs_m[:, None]) * S + cols[None, :]
-    return tl.rand(seed, offsets) >= dropout_p
+def _dropout_keep(seed, row_ids, col_ids, row_stride, dropout_p):
+    """Philox keep mask of a (BLOCK_M, BLOCK_N) tile; offset = row id * row stride + column id, unique per
+    element (dense: rows of (B*H, L), stride S; variable length: rows (token, head), stride total keys)."""
+    return tl.rand(seed, row_ids[:, None] * row_stride + col_ids[None, :]) >= dropout_p
+
+
+@triton.jit
+def _sequence(CuQ, CuK, b, h, H, L, S, TQ, TK, VARLEN: tl.constexpr):
+    """Where batch entry b lives: (first query token, query length, first key token, key length, start of its
+    log-sum-exp row, dropout row id base, dropout row stride, first key column id).
+
+    Dense batches index (B, H, L, S) through strides (tokens start at 0); variable-length batches read the
+    offsets cu_seqlens (``CuQ``/``CuK``) and index the packed (T, H, D) tensors, log-sum-exp (H, TQ).
+    """
+    if VARLEN:
+        q_start = tl.load(CuQ + b)
+        k_start = tl.load(CuK + b)
+        L = tl.load(CuQ + b + 1) - q_start
+        S = tl.load(CuK + b + 1) - k_start
+        return q_start, L, k_start, S, h * TQ + q_start, q_start * H + h, TK, k_start
+    return 0, L, 0, S, (b * H + h) * L, (b * H + h) * L, S, 0
 
 
 @triton.jit
 def attn_fwd(
-    Q, K, V, Mask, Out, Lse, Seed,
+    Q, K, V, Mask, Out, Lse, Seed, CuQ, CuK,
     stride_qb, stride_qh, stride_qm, stride_qd,
     stride_kb, stride_kh, stride_kn, stride_kd,
     stride_vb, stride_vh, stride_vn, stride_vd,
     stride_mb, stride_mh, stride_mm, stride_mn,
     stride_ob, stride_oh, stride_om, stride_od,
-    H, GROUP, L, S, D, DV, sm_scale, dropout_p,
+    H, GROUP, L, S, D, DV, TQ, TK, sm_scale, dropout_p,
     IS_CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr, HAS_DROPOUT: tl.constexpr, ALLOW_TF32: tl.constexpr,
+    VARLEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
     start_m = tl.program_id(0)
@@ -71,15 +89,24 @@ def attn_fwd(
     b = bh // H
     h = bh % H
     h_kv = h // GROUP  # grouped-query attention: GROUP query heads share a key/value head
+    q_start, L, k_start, S, lse_base, drop_row, drop_stride, drop_col = _sequence(
+        CuQ, CuK, b, h, H, L, S, TQ, TK, VARLEN
+    )
+    if start_m * BLOCK_M >= L:  # variable length: the grid covers the longest sequence
+        return
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
 
-    q_ptrs = Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=(offs_m[:, None] < L) & (offs_d[None, :] < D), other=0.0)
-    k_ptrs = K + b * stride_kb + h_kv * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
-    v_ptrs = V + b * stride_vb + h_kv * stride_vh + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd
+    Q += b * stride_qb + h * stride_qh + q_start * stride_qm
+    Out += b * stride_ob + h * stride_oh + q_start * stride_om
+    K += b * stride_kb + h_kv * stride_kh + k_start * stride_kn
+    V += b * stride_vb + h_kv * stride_vh + k_start * stride_vn
+    q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=(offs_m[:, None] < L) & (offs_d[None, :] < D), other=0.0)  # fmt: skip
+    k_ptrs = K + offs_n[None, :] * stride_kn + offs_d[:, None] * stride_kd
+    v_ptrs = V + offs_n[:, None] * stride_vn + offs_dv[None, :] * stride_vd
     mask_ptrs = Mask + b * stride_mb + h * stride_mh + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
     seed = tl.load(Seed) if HAS_DROPOUT else 0
 
@@ -99,7 +126,7 @@ def attn_fwd(
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         if HAS_DROPOUT:
-            keep = _dropout_keep(seed, offs_m, start_n + offs_n, bh, L, S, dropout_p)
+            keep = _dropout_keep(seed, drop_row + offs_m, drop_col + start_n + offs_n, drop_stride, dropout_p)
             p = tl.where(keep, p / (1.0 - dropout_p), 0.0)
         v = tl.load(
             v_ptrs + start_n * stride_vn, mask=((start_n + offs_n)[:, None] < S) & (offs_dv[None, :] < DV), other=0.0
@@ -110,6 +137,6 @@ def attn_fwd(
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("inf"), m_i + tl.math.log2(tl.where(empty, 1.0, l_i)))
-    o_ptrs = Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
+    o_ptrs = Out + offs_m[:, None] * stride_om + offs_dv[None, :] * stride_od
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=(offs_m[:, None] < L) & (offs_dv[None, :] < DV))
-    tl.store(Lse + bh * L + offs_m, lse, mask=offs_m < L)
+    tl.store(Lse + lse_base + offs_m, lse, mask=offs_m < L)

@@ -27,17 +27,17 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CONFIGS = [
     (128, 64, 8, 3), (128, 32, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1),
     (32, 16, 4, 1), (16, 32, 4, 1), (16, 16, 4, 1), (16, 16, 2, 1),
-    (16, 32, 8, 1), (16, 16, 8, 1), (32, 32, 8, 1),  # head dims above 128: 8 warps share the wide rows
+    (16, 32, 8, 1), (16, 16, 8, 1), (32, 32, 8, 1),  # 8 warps: head dims above 128, and dK/dV with a tile
 ]  # fmt: skip
 INTERPRETER_CONFIG = (32, 32, 4, 1)
 AUTOTUNE_KEY = ["L", "S", "D", "DV", "IS_CAUSAL", "MASK_KIND", "HAS_DROPOUT"]
 _ALL = CONFIGS[:6]
 # The tiles that compile without register spills on both sm_80 and sm_90 (measured with the compile check,
 # triton 3.9), per kernel, head-dim bucket (BLOCK_D <= 64, 128 or 256) and kind: "plain", "tile" (a mask or
-# dropout tile is live) or "fp32" (float32 operands, twice the registers).
+# dropout tile is live), "varlen" (the variable-length mode) or "fp32" (float32 operands, twice the registers).
 SPILL_FREE = {
     "attn_fwd": {
-        (64, "plain"): _ALL,
+        (64, "plain"): [t for t in _ALL if t != (64, 64, 4, 3)],
         (64, "tile"): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 4, 1)],
         (128, "plain"): [(128, 32, 8, 2), (32, 16, 4, 1), (16, 32, 4, 1)],
         (128, "tile"): [(32, 16, 4, 1), (16, 16, 4, 1)],
@@ -46,9 +46,11 @@ SPILL_FREE = {
     },
     "attn_bwd_dkdv": {
         (64, "plain"): _ALL[1:],
-        (64, "tile"): [(16, 16, 2, 1)],
+        (64, "tile"): [(32, 32, 8, 1)],
+        (64, "fp32"): [(16, 32, 8, 1)],
+        (64, "varlen"): [(32, 16, 4, 1), (16, 32, 8, 1)],
         (128, "plain"): [(64, 32, 4, 2), (32, 32, 4, 1), (32, 16, 4, 1)],
-        (128, "tile"): [(16, 16, 4, 1)],
+        (128, "tile"): [(32, 16, 4, 1)],
         (256, "plain"): [(16, 32, 8, 1), (32, 32, 8, 1)],
         (256, "tile"): [(16, 32, 8, 1)],
         (256, "fp32"): [(16, 16, 8, 1)],
@@ -64,13 +66,17 @@ SPILL_FREE = {
 }
 
 
-def spill_free_tiles(kernel_name: str, block_d: int, tile_live: bool, fp32: bool) -> list[tuple[int, int, int, int]]:
-    """The row of SPILL_FREE for a variant; "fp32" falls back to "tile" where it has no row of its own."""
+def spill_free_tiles(
+    kernel_name: str, block_d: int, tile_live: bool, fp32: bool, varlen: bool = False
+) -> list[tuple[int, int, int, int]]:
+    """The row of SPILL_FREE for a variant: its own "fp32" or "varlen" row where the table has one, else
+    "tile" for any of mask, dropout, float32 or variable length, else "plain"."""
     bucket = next(b for b in (64, 128, 256) if block_d <= b)
     table = SPILL_FREE[kernel_name]
-    if fp32 and (bucket, "fp32") in table:
-        return table[(bucket, "fp32")]
-    return table[(bucket, "tile" if tile_live or fp32 else "plain")]
+    for kind, applies in (("fp32", fp32), ("varlen", varlen)):
+        if applies and (bucket, kind) in table:
+            return table[(bucket, kind)]
+    return table[(bucket, "tile" if tile_live or fp32 or varlen else "plain")]
 
 
 def configs() -> list[triton.Config]:
@@ -91,7 +97,8 @@ def prune_for(kernel_name: str):
         args = {**named_args, **kwargs}
         fp32 = getattr(args.get("Q"), "dtype", None) == torch.float32
         tile_live = bool(args.get("HAS_DROPOUT")) or bool(args.get("MASK_KIND"))
-        allowed = spill_free_tiles(kernel_name, max(args["BLOCK_D"], args["BLOCK_DV"]), tile_live, fp32)
+        block_d = max(args["BLOCK_D"], args["BLOCK_DV"])
+        allowed = spill_free_tiles(kernel_name, block_d, tile_live, fp32, bool(args.get("VARLEN")))
         return [c for c in configs if _tile(c) in allowed] or configs[-1:]
 
     return prune
@@ -124,6 +131,85 @@ def _mask_args(mask: torch.Tensor | None, q: torch.Tensor, S: int) -> tuple[torc
     return mask, mask.stride(), 2
 
 
+class _Layout:
+    """How the kernels index one call: dense (B, H, L, D) tensors, or packed (T, H, D) ones with offsets.
+
+    Packed tensors are passed with batch stride 0; each program reads its sequence's start and length from
+    ``cu_q``/``cu_k``; the grid covers ``max_q``/``max_k`` rows (the token counts: an upper bound known
+    without reading the offsets, so no host sync; programs past their sequence return at once).
+    """
+
+    def __init__(self, q, k, cu_q=None, cu_k=None):
+        self.varlen = cu_q is not None
+        if self.varlen:
+            self.batch, self.heads, self.kv_heads = cu_q.numel() - 1, q.size(1), k.size(1)
+            self.L = self.S = 0  # per sequence, from the offsets
+            self.TQ, self.TK = q.size(0), k.size(0)
+            self.max_q, self.max_k = self.TQ, self.TK
+            self.cu_q, self.cu_k = cu_q, cu_k
+        else:
+            self.batch, self.heads, self.L = q.shape[:3]
+            self.kv_heads, self.S = k.size(1), k.size(2)
+            self.TQ = self.TK = 0
+            self.max_q, self.max_k = self.L, self.S
+            self.cu_q = self.cu_k = q.new_zeros(1, dtype=torch.int32)  # never read
+
+    def strides(self, t: torch.Tensor) -> tuple[int, ...]:
+        """(batch, head, row, dim) strides; packed (T, H, D) tensors have no batch dimension."""
+        return (0, t.stride(1), t.stride(0), t.stride(2)) if self.varlen else tuple(t.stride())
+
+    def lse_shape(self) -> tuple[int, int]:
+        return (self.heads, self.TQ) if self.varlen else (self.batch * self.heads, self.L)
+
+
+def _forward(q, k, v, mask, seed, dropout_p, is_causal, scale, allow_tf32, layout: _Layout):
+    D, DV = q.size(-1), v.size(-1)
+    out = q.new_empty(*q.shape[:-1], DV)
+    lse = torch.empty(layout.lse_shape(), device=q.device, dtype=torch.float32)
+    mask_t, mask_strides, mask_kind = _mask_args(mask, q, layout.S)
+    H = layout.heads
+    attn_fwd_tuned[lambda meta: (triton.cdiv(layout.max_q, meta["BLOCK_M"]), layout.batch * H)](
+        q, k, v, mask_t, out, lse, seed, layout.cu_q, layout.cu_k,
+        *layout.strides(q), *layout.strides(k), *layout.strides(v), *mask_strides, *layout.strides(out),
+        H, H // layout.kv_heads, layout.L, layout.S, D, DV, layout.TQ, layout.TK, scale, dropout_p,
+        IS_CAUSAL=is_causal, MASK_KIND=mask_kind, HAS_DROPOUT=dropout_p > 0, ALLOW_TF32=allow_tf32,
+        VARLEN=layout.varlen, BLOCK_D=_block(D), BLOCK_DV=_block(DV),
+    )  # fmt: skip
+    return out, lse
+
+
+def _backward_kernels(grad_out, q, k, v, mask, seed, out, lse, dropout_p, is_causal, scale, allow_tf32, layout):
+    D, DV = q.size(-1), v.size(-1)
+    H, Hk = layout.heads, layout.kv_heads
+    mask_t, mask_strides, mask_kind = _mask_args(mask, q, layout.S)
+    consts = {
+        "IS_CAUSAL": is_causal, "MASK_KIND": mask_kind, "HAS_DROPOUT": dropout_p > 0, "ALLOW_TF32": allow_tf32,
+        "VARLEN": layout.varlen, "BLOCK_D": _block(D), "BLOCK_DV": _block(DV),
+    }  # fmt: skip
+    # delta = rowsum(dO * O), laid out like the log-sum-exp: packed tensors are one "batch" of TQ rows.
+    rows = layout.TQ if layout.varlen else layout.L
+    pre_batch = 1 if layout.varlen else layout.batch
+    delta = torch.empty(layout.lse_shape(), device=q.device, dtype=torch.float32)
+    attn_bwd_preprocess[(triton.cdiv(rows, PREPROCESS_BLOCK), pre_batch * H)](
+        out, grad_out, delta, *layout.strides(out), *layout.strides(grad_out), H, rows, DV,
+        BLOCK_M=PREPROCESS_BLOCK, BLOCK_DV=_block(DV),
+    )  # fmt: skip
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    common = (
+        *layout.strides(q), *layout.strides(k), *layout.strides(v), *mask_strides, *layout.strides(grad_out)
+    )  # fmt: skip
+    sizes = (H, H // Hk, layout.L, layout.S, D, DV, layout.TQ, layout.TK, scale, dropout_p)
+    offsets = (layout.cu_q, layout.cu_k)
+    attn_bwd_dkdv_tuned[lambda meta: (triton.cdiv(layout.max_k, meta["BLOCK_N"]), layout.batch * Hk)](
+        q, k, v, mask_t, grad_out, lse, delta, dk, dv, seed, *offsets, *common,
+        *layout.strides(dk), *layout.strides(dv), *sizes, **consts,
+    )  # fmt: skip
+    attn_bwd_dq_tuned[lambda meta: (triton.cdiv(layout.max_q, meta["BLOCK_M"]), layout.batch * H)](
+        q, k, v, mask_t, grad_out, lse, delta, dq, seed, *offsets, *common, *layout.strides(dq), *sizes, **consts
+    )
+    return dq, dk, dv
+
+
 @torch.library.custom_op("fusedlayers::flash_attention_fwd", mutates_args=())
 def flash_attention_fwd(
     q: torch.Tensor,
@@ -137,18 +223,7 @@ def flash_attention_fwd(
     allow_tf32: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``q (B, H, L, D)``, ``k (B, Hk, S, D)``, ``v (B, Hk, S, Dv)`` -> ``out (B, H, L, Dv)``, ``lse (B * H, L)``."""
-    B, H, L, D = q.shape
-    S, DV = k.size(2), v.size(3)
-    out = q.new_empty(B, H, L, DV)
-    lse = torch.empty(B * H, L, device=q.device, dtype=torch.float32)
-    mask_t, mask_strides, mask_kind = _mask_args(mask, q, S)
-    attn_fwd_tuned[lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)](
-        q, k, v, mask_t, out, lse, seed, *q.stride(), *k.stride(), *v.stride(), *mask_strides, *out.stride(),
-        H, H // k.size(1), L, S, D, DV, scale, dropout_p,
-        IS_CAUSAL=is_causal, MASK_KIND=mask_kind, HAS_DROPOUT=dropout_p > 0, ALLOW_TF32=allow_tf32,
-        BLOCK_D=_block(D), BLOCK_DV=_block(DV),
-    )  # fmt: skip
-    return out, lse
+    return _forward(q, k, v, mask, seed, dropout_p, is_causal, scale, allow_tf32, _Layout(q, k))
 
 
 @flash_attention_fwd.register_fake
@@ -173,27 +248,8 @@ def flash_attention_bwd(
     allow_tf32: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of q, k, v (the shapes of q, k, v) from the saved output and log-sum-exp."""
-    B, H, L, D = q.shape
-    Hk, S, DV = k.size(1), k.size(2), v.size(3)
-    mask_t, mask_strides, mask_kind = _mask_args(mask, q, S)
-    consts = {
-        "IS_CAUSAL": is_causal, "MASK_KIND": mask_kind, "HAS_DROPOUT": dropout_p > 0, "ALLOW_TF32": allow_tf32,
-        "BLOCK_D": _block(D), "BLOCK_DV": _block(DV),
-    }  # fmt: skip
-    delta = torch.empty(B * H, L, device=q.device, dtype=torch.float32)
-    attn_bwd_preprocess[(triton.cdiv(L, PREPROCESS_BLOCK), B * H)](
-        out, grad_out, delta, *out.stride(), *grad_out.stride(), H, L, DV, BLOCK_M=PREPROCESS_BLOCK, BLOCK_DV=_block(DV)
-    )
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    common = (*q.stride(), *k.stride(), *v.stride(), *mask_strides, *grad_out.stride())
-    sizes = (H, H // Hk, L, S, D, DV, scale, dropout_p)
-    attn_bwd_dkdv_tuned[lambda meta: (triton.cdiv(S, meta["BLOCK_N"]), B * Hk)](
-        q, k, v, mask_t, grad_out, lse, delta, dk, dv, seed, *common, *dk.stride(), *dv.stride(), *sizes, **consts
-    )
-    attn_bwd_dq_tuned[lambda meta: (triton.cdiv(L, meta["BLOCK_M"]), B * H)](
-        q, k, v, mask_t, grad_out, lse, delta, dq, seed, *common, *dq.stride(), *sizes, **consts
-    )
-    return dq, dk, dv
+    args = (grad_out, q, k, v, mask, seed, out, lse, dropout_p, is_causal, scale, allow_tf32)
+    return _backward_kernels(*args, _Layout(q, k))
 
 
 @flash_attention_bwd.register_fake
@@ -215,6 +271,69 @@ def _backward(ctx, grad_out, grad_lse):
 
 
 flash_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("fusedlayers::flash_attention_varlen_fwd", mutates_args=())
+def flash_attention_varlen_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor,
+    cu_k: torch.Tensor,
+    seed: torch.Tensor,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float,
+    allow_tf32: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed ``q (Tq, H, D)``, ``k (Tk, Hk, D)``, ``v (Tk, Hk, Dv)`` with int32 offsets ``(B + 1,)`` ->
+    ``out (Tq, H, Dv)``, ``lse (H, Tq)``: one launch for the whole batch, no padding."""
+    return _forward(q, k, v, None, seed, dropout_p, is_causal, scale, allow_tf32, _Layout(q, k, cu_q, cu_k))
+
+
+@flash_attention_varlen_fwd.register_fake
+def _(q, k, v, cu_q, cu_k, seed, dropout_p, is_causal, scale, allow_tf32):
+    return q.new_empty(*q.shape[:-1], v.size(-1)), q.new_empty(q.size(1), q.size(0), dtype=torch.float32)
+
+
+@torch.library.custom_op("fusedlayers::flash_attention_varlen_bwd", mutates_args=())
+def flash_attention_varlen_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor,
+    cu_k: torch.Tensor,
+    seed: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dropout_p: float,
+    is_causal: bool,
+    scale: float,
+    allow_tf32: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    args = (grad_out, q, k, v, None, seed, out, lse, dropout_p, is_causal, scale, allow_tf32)
+    return _backward_kernels(*args, _Layout(q, k, cu_q, cu_k))
+
+
+@flash_attention_varlen_bwd.register_fake
+def _(grad_out, q, k, v, cu_q, cu_k, seed, out, lse, dropout_p, is_causal, scale, allow_tf32):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_varlen(ctx, inputs, output) -> None:
+    q, k, v, cu_q, cu_k, seed, dropout_p, is_causal, scale, allow_tf32 = inputs
+    ctx.save_for_backward(q, k, v, cu_q, cu_k, seed, *output)
+    ctx.options = (dropout_p, is_causal, scale, allow_tf32)
+
+
+def _backward_varlen(ctx, grad_out, grad_lse):
+    q, k, v, cu_q, cu_k, seed, out, lse = ctx.saved_tensors
+    dq, dk, dv = flash_attention_varlen_bwd(grad_out, q, k, v, cu_q, cu_k, seed, out, lse, *ctx.options)
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+flash_attention_varlen_fwd.register_autograd(_backward_varlen, setup_context=_setup_varlen)
 
 
 def flash_attention(
@@ -244,6 +363,32 @@ def flash_attention(
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     out, _ = flash_attention_fwd(q, k, v, mask, seed, float(dropout_p), bool(is_causal), scale, allow_tf32)
     return out.reshape(*query.shape[:-1], value.size(-1))
+
+
+def flash_attention_varlen(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """`kernels.varlen_attention`'s contract on the fused kernels: packed ``(T, H, E)`` tensors and offsets."""
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
+    seed = (
+        torch.randint(0, 2**31 - 1, (1,), device=query.device)
+        if dropout_p > 0
+        else query.new_zeros(1, dtype=torch.int64)
+    )
+    cu_q, cu_k = (c.to(device=query.device, dtype=torch.int32) for c in (cu_seqlens_q, cu_seqlens_k))
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    out, _ = flash_attention_varlen_fwd(
+        query, key, value, cu_q, cu_k, seed, float(dropout_p), bool(is_causal), scale, allow_tf32
+    )
+    return out
 
 
 def _as_4d(t: torch.Tensor) -> torch.Tensor:

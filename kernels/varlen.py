@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from . import triton_backend
 from ._nested import packed_attention
 from ._validate import validate_varlen_args
+from .backends import Backend
 from .dispatch import DENSE, profiled, select
 
 __all__ = ["varlen_attention"]
@@ -54,12 +56,11 @@ def varlen_attention(
     torch.testing.assert_close(out[:3], first.transpose(0, 1))
     ```
     """
-    q_lens, k_lens = validate_varlen_args(
-        query, key, value, cu_seqlens_q, cu_seqlens_k, dropout_p, is_causal, scale, enable_gqa
-    )
+    validate_varlen_args(query, key, value, cu_seqlens_q, cu_seqlens_k, dropout_p, is_causal, scale, enable_gqa)
     backend, _ = select(query, key, value, varlen=True)
+    options = {"dropout_p": dropout_p, "is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
     with profiled("varlen_attention", backend):
-        return packed_attention(
-            DENSE[backend], query, key, value, q_lens, k_lens,
-            dropout_p=dropout_p, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa,
-        )  # fmt: skip
+        if backend is Backend.TRITON:  # one launch over the packed tokens, offsets read on the device
+            return triton_backend.varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k, **options)
+        lengths = (cu_seqlens_q.diff().tolist(), cu_seqlens_k.diff().tolist())  # a host sync on CUDA
+        return packed_attention(DENSE[backend], query, key, value, *lengths, **options)

@@ -28,7 +28,7 @@ def test_covering_set_compiles_without_spills(tmp_path):
     main = [r for r in reports if r["kernel"] != "bwd_pre"]
     # every constexpr value and dtype at least once, matrix instructions on both architectures
     assert {r["mask"] for r in main} == {0, 1, 2} and {r["causal"] for r in main} == {False, True}
-    assert {r["dropout"] for r in main} == {False, True}
+    assert {r["dropout"] for r in main} == {False, True} and {r["varlen"] for r in main} == {False, True}
     assert {r["dtype"] for r in main} == {"float16", "bfloat16", "float32"}
     assert {r["mma"] for r in main if r["arch"] == 80} == {"mma"}
     assert "wgmma" in {r["mma"] for r in main if r["arch"] == 90}

@@ -30,7 +30,8 @@ def test_odd_shapes(shape, is_causal):
 
 @pytest.mark.parametrize("head_dim", [16, 24, 80, 96, 128, 192, 256])
 def test_head_dims(head_dim):
-    compare_backend(Backend.TRITON, random_qkv((1,), 2, 19, 23, head_dim), is_causal=True)
+    dtype = torch.float32 if head_dim <= 128 else torch.float16  # float32 stops at 128 (register spills)
+    compare_backend(Backend.TRITON, random_qkv((1,), 2, 19, 23, head_dim), dtype, is_causal=True)
 
 
 def test_head_dims_above_the_cap_say_why():

@@ -1,5 +1,5 @@
 """The layers on the fused kernels (Backend.TRITON; under the Triton interpreter without a GPU): the same
-outputs and gradients as on Backend.TORCH, for dense inputs (nested ones need the varlen kernel, #4)."""
+outputs and gradients as on Backend.TORCH, dense and nested."""
 
 from __future__ import annotations
 
@@ -42,6 +42,24 @@ CASES = {
     ),
     "CausalSelfAttention": (lambda: layers.CausalSelfAttention(D, H), lambda m, x: m(x)),
 }
+
+
+def test_nested_encoder_layer_on_triton_matches_torch_backend():
+    """Nested input: the layer's packed tokens go to the variable-length kernel in one launch."""
+    skip_if_unavailable(Backend.TRITON, torch.empty(1, 1, 1), varlen=True)
+    torch.manual_seed(0)
+    layer = layers.TransformerEncoderLayer(D, H, 64, dropout=0.0, batch_first=True)
+    results = []
+    for backend in (Backend.TRITON, Backend.TORCH):
+        parts = [torch.randn(n, D, generator=torch.Generator().manual_seed(n)).requires_grad_() for n in (3, 11, 1)]
+        x = torch.nested.as_nested_tensor(parts, layout=torch.jagged)
+        layer.zero_grad(set_to_none=True)
+        with kernels.sdpa_kernel([backend]):
+            out = layer(x, is_causal=True)
+        out.values().sum().backward()
+        results.append([out.values().detach(), *(p.grad for p in parts), *(p.grad for p in layer.parameters())])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", list(CASES))
