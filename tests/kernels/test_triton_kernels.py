@@ -102,3 +102,25 @@ def test_torch_compile_fullgraph_through_the_op():
     out = compiled(q, k, v)
     out.sum().backward()
     torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+def test_varlen_compiles_once_for_every_set_of_lengths():
+    """Sequence lengths are data: one graph, no graph break, no recompilation as lengths change."""
+    skip_if_unavailable(Backend.TRITON, torch.empty(1, 1, 1), varlen=True)
+    from torch._dynamo.utils import counters
+
+    def attend(q, k, v, cu):
+        return kernels.varlen_attention(q, k, v, cu, cu, is_causal=True)
+
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(attend, fullgraph=True, backend="aot_eager", dynamic=True)
+    for lengths in ([3, 5], [7, 1, 4], [10, 2, 2, 9]):
+        cu = torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0))
+        q, k, v = (torch.randn(sum(lengths), 2, 16, requires_grad=True) for _ in range(3))
+        with kernels.sdpa_kernel([Backend.TRITON]):
+            out = compiled(q, k, v, cu)
+        out.sum().backward()
+        with kernels.sdpa_kernel([Backend.TORCH]):
+            torch.testing.assert_close(out, attend(q, k, v, cu), rtol=1e-4, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 1
