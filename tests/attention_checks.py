@@ -26,7 +26,7 @@ LIMIT = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.b
 
 # Every backend, on every machine: without a GPU, TRITON runs under the Triton interpreter (tests/conftest.py).
 CPU_BACKENDS = [Backend.TORCH, Backend.MATH, Backend.TRITON]
-# Nested / packed variable-length inputs: TRITON says why it cannot serve them (the varlen kernel is to come).
+# Nested / packed variable-length inputs: every backend; TRITON is skipped (with its reasons) where it cannot run.
 _VARLEN_REASONS = unavailable_reasons(Backend.TRITON, torch.empty(1, 1, 1), varlen=True)
 VARLEN_BACKENDS = [
     Backend.TORCH,
