@@ -98,3 +98,28 @@ def test_errors(backend, change, error, message):
         kernels.varlen_attention(
             args["query"], args["key"], args["value"], args["cu_q"], args["cu_k"], dropout_p=args["dropout_p"]
         )
+
+
+def test_padded_batch_packed_attended_unpacked_equals_masked_dense(backend):
+    """Any padding pattern (right, left, in the middle, a fully padded row): packing, varlen attention and
+    unpacking equal dense attention with the key padding mask, on the real tokens; padding gives zeros."""
+    from layers.packing import pack_padded, unpack_padded
+
+    B, L, H, E = 4, 9, 2, 8
+    pad = torch.zeros(B, L, dtype=torch.bool)
+    pad[0, 6:] = True  # right
+    pad[1, :3] = True  # left
+    pad[2, 2:5] = True  # middle
+    pad[3] = True  # all padding
+    x = {n: torch.randn(B, L, H * E) for n in ("q", "k", "v")}  # (B, L, H*E), as a layer holds them
+    packed = {n: pack_padded(t, pad) for n, t in x.items()}
+    with only(backend):
+        out = kernels.varlen_attention(
+            *(packed[n].values.unflatten(-1, (H, E)) for n in ("q", "k", "v")), packed["q"].offsets, packed["k"].offsets
+        )
+    got = unpack_padded(out.flatten(-2), packed["q"].keep)  # (B, L, H*E)
+    dense = [x[n].unflatten(-1, (H, E)).transpose(1, 2) for n in ("q", "k", "v")]  # (B, H, L, E)
+    ref = attention_reference(*dense, attn_mask=~pad[:, None, None, :]).transpose(1, 2).flatten(-2)
+    keep = ~pad
+    torch.testing.assert_close(got[keep], ref[keep], rtol=1e-4, atol=1e-5)
+    assert (got[pad] == 0).all()
