@@ -89,6 +89,12 @@ def test_opcheck():
     # The backward op has no backward of its own (no double backward): its autograd checks do not apply.
     torch.library.opcheck(flash_attention_bwd, bwd_args, test_utils=("test_schema", "test_faketensor"))
 
+    from kernels.triton_ops import flash_attention_varlen_fwd
+
+    cu = torch.tensor([0, 3, 8], dtype=torch.int32)
+    packed = [torch.randn(8, 2, 16, requires_grad=True) for _ in range(3)]
+    torch.library.opcheck(flash_attention_varlen_fwd, (*packed, cu, cu, seed, 0.0, True, 0.25, False))
+
 
 def test_torch_compile_fullgraph_through_the_op():
     _skip_without_triton()
