@@ -24,15 +24,14 @@ FLOOR = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.b
 # and a backend that are wrong together (torch's own error then exceeds it).
 LIMIT = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 
-# Every backend, on every machine: without a GPU, TRITON runs under the Triton interpreter (tests/conftest.py).
-CPU_BACKENDS = [Backend.TORCH, Backend.MATH, Backend.TRITON]
-# Nested / packed variable-length inputs: every backend; TRITON is skipped (with its reasons) where it cannot run.
-_VARLEN_REASONS = unavailable_reasons(Backend.TRITON, torch.empty(1, 1, 1), varlen=True)
-VARLEN_BACKENDS = [
-    Backend.TORCH,
-    Backend.MATH,
-    pytest.param(Backend.TRITON, marks=pytest.mark.skipif(bool(_VARLEN_REASONS), reason="; ".join(_VARLEN_REASONS))),
-]
+# Every backend on CPU tensors: without a GPU, TRITON runs under the Triton interpreter (tests/conftest.py);
+# on a GPU machine it runs the compiled kernels in `pytest -m cuda` instead, and is skipped here, saying why.
+_CPU_REASONS = unavailable_reasons(Backend.TRITON, torch.empty(1, 1, 1))
+_TRITON_ON_CPU = pytest.param(
+    Backend.TRITON, marks=pytest.mark.skipif(bool(_CPU_REASONS), reason="TRITON: " + "; ".join(_CPU_REASONS))
+)
+CPU_BACKENDS = [Backend.TORCH, Backend.MATH, _TRITON_ON_CPU]
+VARLEN_BACKENDS = CPU_BACKENDS  # nested / packed inputs: the same three
 
 
 def skip_if_unavailable(backend: Backend, query: torch.Tensor, **inputs) -> None:
