@@ -62,8 +62,9 @@ def validate_varlen_args(
     is_causal: object,
     scale: object,
     enable_gqa: object,
-) -> None:
-    """Checks of `kernels.varlen_attention`'s arguments (the offsets' values too, except while compiling)."""
+) -> tuple[list[int], list[int]] | None:
+    """Checks of `kernels.varlen_attention`'s arguments, the offsets' values too except while compiling;
+    returns the query and key lengths it read from them (None while compiling)."""
     for name, t in zip(_NAMES, (query, key, value), strict=True):
         if not isinstance(t, torch.Tensor) or t.is_nested:
             raise TypeError(f"{name} must be a dense torch.Tensor (T, H, E) of packed tokens, got {type(t).__name__}")
@@ -84,15 +85,16 @@ def validate_varlen_args(
         )
     if hq % hk:
         raise ValueError(f"enable_gqa=True needs the query heads ({hq}) to be a multiple of the key/value heads ({hk})")
-    _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", query)
-    _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", key)
+    q_lens = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", query)
+    k_lens = _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", key)
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
         raise ValueError(
             f"cu_seqlens_q describes {cu_seqlens_q.numel() - 1} sequences but cu_seqlens_k {cu_seqlens_k.numel() - 1}"
         )
+    return None if q_lens is None else (q_lens, k_lens)
 
 
-def _check_cu_seqlens(offsets: object, name: str, tokens: torch.Tensor) -> None:
+def _check_cu_seqlens(offsets: object, name: str, tokens: torch.Tensor) -> list[int] | None:
     if not isinstance(offsets, torch.Tensor) or offsets.dtype.is_floating_point or offsets.dtype == torch.bool:
         raise TypeError(
             f"{name} must be an integer tensor of offsets (B + 1,), got {getattr(offsets, 'dtype', offsets)}"
@@ -100,13 +102,14 @@ def _check_cu_seqlens(offsets: object, name: str, tokens: torch.Tensor) -> None:
     if offsets.dim() != 1 or offsets.numel() < 1:
         raise ValueError(f"{name} must be 1-D offsets (B + 1,) starting at 0, got shape {_shape(offsets)}")
     if torch.compiler.is_compiling():
-        return  # reading the values would be a host sync and a graph break: traced code trusts them
+        return None  # reading the values would be a host sync and a graph break: traced code trusts them
     values = offsets.tolist()  # a host sync on CUDA
     if values[0] != 0 or values[-1] != tokens.size(0) or any(b < a for a, b in itertools.pairwise(values)):
         raise ValueError(
             f"{name} must rise from 0 to the token count {tokens.size(0)}, got {values[:6]}"
             f"{' ...' if len(values) > 6 else ''}; build it as pad(lengths.cumsum(0), (1, 0))"
         )
+    return [b - a for a, b in itertools.pairwise(values)]
 
 
 def _check_scalars(dropout_p: object, is_causal: object, scale: object, enable_gqa: object) -> None:

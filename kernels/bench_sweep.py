@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend
 from tqdm import tqdm
 
 from .backends import Backend, NoBackendAvailableError
-from .bench import _only, _torch_refusal, attention_flops
+from .bench import _first_reasons, _only, _torch_refusal, attention_flops
 from .benchmarking import line_charts, median_seconds
 from .sdpa import scaled_dot_product_attention
 
@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace, variant: str, step: str, dtype: str, head_
         with VARIANTS[variant]():
             seconds = median_seconds(_call(step, q, k, v, causal), args.min_run_time)
     except NoBackendAvailableError as err:
-        point.skipped = "; ".join(line.split(": ", 1)[-1].strip() for line in str(err).splitlines()[1:-1])
+        point.skipped = _first_reasons(str(err))
         return point
     except RuntimeError as err:  # torch refusing one of its kernels for this input
         point.skipped = _torch_refusal(err, torch.device(args.device))

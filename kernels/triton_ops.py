@@ -353,15 +353,8 @@ def flash_attention(
     if attn_mask is not None:
         mask = attn_mask.expand(*batch_shape, q.size(1), q.size(2), k.size(2)) if attn_mask.dim() else attn_mask
         mask = mask.reshape(q.size(0), q.size(1), q.size(2), k.size(2))
-    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
-    # The seed comes from torch's generator (so torch.manual_seed reproduces a run), as a tensor: no host sync.
-    seed = (
-        torch.randint(0, 2**31 - 1, (1,), device=query.device)
-        if dropout_p > 0
-        else query.new_zeros(1, dtype=torch.int64)
-    )
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    out, _ = flash_attention_fwd(q, k, v, mask, seed, float(dropout_p), bool(is_causal), scale, allow_tf32)
+    options = _scalar_options(query, dropout_p, is_causal, scale)
+    out, _ = flash_attention_fwd(q, k, v, mask, *options)
     return out.reshape(*query.shape[:-1], value.size(-1))
 
 
@@ -377,18 +370,22 @@ def flash_attention_varlen(
     enable_gqa: bool = False,
 ) -> torch.Tensor:
     """`kernels.varlen_attention`'s contract on the fused kernels: packed ``(T, H, E)`` tensors and offsets."""
-    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
-    seed = (
-        torch.randint(0, 2**31 - 1, (1,), device=query.device)
-        if dropout_p > 0
-        else query.new_zeros(1, dtype=torch.int64)
-    )
     cu_q, cu_k = (c.to(device=query.device, dtype=torch.int32) for c in (cu_seqlens_q, cu_seqlens_k))
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
     out, _ = flash_attention_varlen_fwd(
-        query, key, value, cu_q, cu_k, seed, float(dropout_p), bool(is_causal), scale, allow_tf32
+        query, key, value, cu_q, cu_k, *_scalar_options(query, dropout_p, is_causal, scale)
     )
     return out
+
+
+def _scalar_options(query: torch.Tensor, dropout_p: float, is_causal: bool, scale: float | None) -> tuple:
+    """(seed, dropout_p, is_causal, scale, allow_tf32) as the ops take them. The seed comes from torch's
+    generator (so torch.manual_seed reproduces a run), as a tensor: no host sync."""
+    if dropout_p > 0:
+        seed = torch.randint(0, 2**31 - 1, (1,), device=query.device)
+    else:
+        seed = query.new_zeros(1, dtype=torch.int64)
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
+    return seed, float(dropout_p), bool(is_causal), scale, torch.backends.cuda.matmul.allow_tf32
 
 
 def _as_4d(t: torch.Tensor) -> torch.Tensor:

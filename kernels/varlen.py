@@ -56,11 +56,14 @@ def varlen_attention(
     torch.testing.assert_close(out[:3], first.transpose(0, 1))
     ```
     """
-    validate_varlen_args(query, key, value, cu_seqlens_q, cu_seqlens_k, dropout_p, is_causal, scale, enable_gqa)
+    lengths = validate_varlen_args(
+        query, key, value, cu_seqlens_q, cu_seqlens_k, dropout_p, is_causal, scale, enable_gqa
+    )  # read once (a host sync on CUDA), except while compiling
     backend, _ = select(query, key, value, varlen=True)
     options = {"dropout_p": dropout_p, "is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
     with profiled("varlen_attention", backend):
         if backend is Backend.TRITON:  # one launch over the packed tokens, offsets read on the device
             return triton_backend.varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k, **options)
-        lengths = (cu_seqlens_q.diff().tolist(), cu_seqlens_k.diff().tolist())  # a host sync on CUDA
+        if lengths is None:  # traced: the per-length calls need the lengths on the host anyway
+            lengths = (cu_seqlens_q.diff().tolist(), cu_seqlens_k.diff().tolist())
         return packed_attention(DENSE[backend], query, key, value, *lengths, **options)
