@@ -8,7 +8,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from . import triton_backend
+from . import triton as fused
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
 from .reference import attention_reference
 
@@ -59,7 +59,7 @@ def torch_sdpa(
 DENSE = {
     Backend.TORCH: torch_sdpa,
     Backend.MATH: attention_reference,
-    Backend.TRITON: triton_backend.attention,
+    Backend.TRITON: fused.attention,
 }
 
 
@@ -72,7 +72,7 @@ def unavailable_reasons(
     varlen: bool = False,
 ) -> list[str]:
     if backend is Backend.TRITON:
-        return triton_backend.unavailable_reasons(query, key, value, attn_mask, varlen)
+        return fused.unavailable_reasons(query, key, value, attn_mask, varlen)
     return []  # TORCH and MATH serve every input that passed validation
 
 

@@ -7,7 +7,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from . import triton_backend
+from . import triton as fused
 from ._nested import buckets, packed_attention
 from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
@@ -81,7 +81,7 @@ def scaled_dot_product_attention(
     options = {"dropout_p": dropout_p, "is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
     with profiled("nested_attention", backend):
         if backend is Backend.TRITON:  # one launch; the offsets stay on the device (no host sync)
-            out = triton_backend.varlen_attention(q, k, v, query.offsets(), key.offsets(), **options)
+            out = fused.varlen_attention(q, k, v, query.offsets(), key.offsets(), **options)
         else:
             out = packed_attention(attend, q, k, v, _lengths(query), _lengths(key), **options)
     # On the query's own offsets, so the result's ragged dim is the query's: (B, j, H, Ev) -> (B, H, j, Ev)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import triton_backend
+from . import triton as fused
 from ._nested import packed_attention
 from ._validate import validate_varlen_args
 from .backends import Backend
@@ -63,7 +63,7 @@ def varlen_attention(
     options = {"dropout_p": dropout_p, "is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
     with profiled("varlen_attention", backend):
         if backend is Backend.TRITON:  # one launch over the packed tokens, offsets read on the device
-            return triton_backend.varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k, **options)
+            return fused.varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k, **options)
         if lengths is None:  # traced: the per-length calls need the lengths on the host anyway
             lengths = (cu_seqlens_q.diff().tolist(), cu_seqlens_k.diff().tolist())
         return packed_attention(DENSE[backend], query, key, value, *lengths, **options)

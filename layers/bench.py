@@ -29,7 +29,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from kernels.bench import padded_lengths
-from kernels.benchmarking import bar_chart, median_seconds
+from kernels.bench.timing import bar_chart, median_seconds
 
 from .convert import convert
 

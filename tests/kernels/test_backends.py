@@ -90,7 +90,7 @@ def test_forcing_triton_where_it_cannot_run_lists_reasons():
 
 
 def test_triton_reasons():
-    from kernels import triton_backend
+    from kernels import triton as triton_backend
 
     q = torch.randn(1, 2, 4, 320)
     reasons = triton_backend.unavailable_reasons(q, value=q, attn_mask=torch.zeros(4, 4, requires_grad=True))

@@ -35,7 +35,7 @@ def test_head_dims(head_dim):
 
 
 def test_head_dims_above_the_cap_say_why():
-    from kernels import triton_backend
+    from kernels import triton as triton_backend
 
     q = torch.randn(1, 2, 8, 320)
     assert f"head dim 320 > {triton_backend.MAX_HEAD_DIM}" in triton_backend.unavailable_reasons(q, q, q)
@@ -64,12 +64,12 @@ def test_expanded_upstream_gradient():
 def test_opcheck():
     """The custom ops pass torch.library.opcheck (schema, fake tensors, autograd registration)."""
     _skip_without_triton()
-    from kernels.triton_ops import flash_attention_bwd, flash_attention_fwd
+    from kernels.triton.ops import flash_attention_bwd, flash_attention_fwd
 
     q, k, v = (torch.randn(1, 2, 8, 16, requires_grad=True) for _ in range(3))
     keep = torch.rand(1, 2, 8, 8) > 0.2
     seed = torch.zeros(1, dtype=torch.int64)
-    fwd_args = (q, k, v, keep, seed, 0.0, False, 0.25, False)
+    fwd_args = (q, k, v, keep, seed, 0.1, 0.25, -1, 0, False, False)
     torch.library.opcheck(flash_attention_fwd, fwd_args)
     out, lse = flash_attention_fwd(*fwd_args)
     bwd_args = (
@@ -81,19 +81,21 @@ def test_opcheck():
         seed,
         out.detach(),
         lse,
-        0.0,
-        False,
+        0.1,
         0.25,
+        -1,
+        0,
+        False,
         False,
     )
     # The backward op has no backward of its own (no double backward): its autograd checks do not apply.
     torch.library.opcheck(flash_attention_bwd, bwd_args, test_utils=("test_schema", "test_faketensor"))
 
-    from kernels.triton_ops import flash_attention_varlen_fwd
+    from kernels.triton.ops import flash_attention_varlen_fwd
 
     cu = torch.tensor([0, 3, 8], dtype=torch.int32)
     packed = [torch.randn(8, 2, 16, requires_grad=True) for _ in range(3)]
-    torch.library.opcheck(flash_attention_varlen_fwd, (*packed, cu, cu, seed, 0.0, True, 0.25, False))
+    torch.library.opcheck(flash_attention_varlen_fwd, (*packed, cu, cu, None, 0.0, 0.25, -1, 0, False, False))
 
 
 def test_torch_compile_fullgraph_through_the_op():

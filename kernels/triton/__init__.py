@@ -48,14 +48,14 @@ def unavailable_reasons(
 
 
 def attention(*args, **kwargs) -> torch.Tensor:
-    """F.sdpa's contract on the fused kernels; see `kernels.triton_ops.flash_attention`."""
-    from .triton_ops import flash_attention  # imports triton: only when the backend is used
+    """F.sdpa's contract on the fused kernels; see `kernels.triton.ops.flash_attention`."""
+    from .ops import flash_attention  # imports triton: only when the backend is used
 
     return flash_attention(*args, **kwargs)
 
 
 def varlen_attention(*args, **kwargs) -> torch.Tensor:
-    """Packed sequences on the fused kernels, one launch; see `kernels.triton_ops.flash_attention_varlen`."""
-    from .triton_ops import flash_attention_varlen
+    """Packed sequences on the fused kernels, one launch; see `kernels.triton.ops.flash_attention_varlen`."""
+    from .ops import flash_attention_varlen
 
     return flash_attention_varlen(*args, **kwargs)

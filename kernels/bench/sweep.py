@@ -26,18 +26,18 @@ import torch
 from torch.nn.attention import SDPBackend
 from tqdm import tqdm
 
-from .backends import Backend, NoBackendAvailableError
-from .bench import _first_reasons, _only, _torch_refusal, attention_flops
-from .benchmarking import line_charts, median_seconds
-from .sdpa import scaled_dot_product_attention
+from ..backends import Backend, NoBackendAvailableError
+from ..sdpa import scaled_dot_product_attention
+from .common import attention_flops, first_reasons, only, torch_refusal
+from .timing import line_charts, median_seconds
 
 PASS_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd+bwd": 3.5}
 VARIANTS: dict[str, Callable[[], contextlib.AbstractContextManager]] = {
-    "TRITON": lambda: _only(Backend.TRITON),
-    "torch flash": lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.FLASH_ATTENTION),
-    "torch efficient": lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.EFFICIENT_ATTENTION),
-    "torch cuDNN": lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.CUDNN_ATTENTION),
-    "torch math": lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.MATH),
+    "TRITON": lambda: only(Backend.TRITON),
+    "torch flash": lambda: only(Backend.TORCH, torch_kernel=SDPBackend.FLASH_ATTENTION),
+    "torch efficient": lambda: only(Backend.TORCH, torch_kernel=SDPBackend.EFFICIENT_ATTENTION),
+    "torch cuDNN": lambda: only(Backend.TORCH, torch_kernel=SDPBackend.CUDNN_ATTENTION),
+    "torch math": lambda: only(Backend.TORCH, torch_kernel=SDPBackend.MATH),
 }
 
 
@@ -84,10 +84,10 @@ def measure(args: argparse.Namespace, variant: str, step: str, dtype: str, head_
         with VARIANTS[variant]():
             seconds = median_seconds(_call(step, q, k, v, causal), args.min_run_time)
     except NoBackendAvailableError as err:
-        point.skipped = _first_reasons(str(err))
+        point.skipped = first_reasons(str(err))
         return point
     except RuntimeError as err:  # torch refusing one of its kernels for this input
-        point.skipped = _torch_refusal(err, torch.device(args.device))
+        point.skipped = torch_refusal(err, torch.device(args.device))
         return point
     flops = attention_flops(batch, args.heads, seq_len, seq_len, head_dim, causal) * PASS_FACTOR[step]
     point.ms, point.tflops = seconds * 1e3, flops / seconds / 1e12

@@ -1,7 +1,7 @@
 """Benchmark of the attention backends: ``python -m kernels.bench``.
 
 Two experiments, each timing every variant on one input in the same run (and ``--sweep``, the kernel
-benchmark over passes, dtypes, head dims and lengths: `kernels.bench_sweep`):
+benchmark over passes, dtypes, head dims and lengths: `kernels.bench.sweep`):
 
 - dense (default): the experiment of PyTorch's SDPA tutorial (default / math / flash / efficient on batch
   32, heads 32, length 1024, head dim 32, fp16), done through this package's dispatcher: every
@@ -28,19 +28,17 @@ import logging
 import pathlib
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
-from torch.nn.attention import sdpa_kernel as torch_sdpa_kernel
 from tqdm import tqdm
 
-from .backends import Backend, NoBackendAvailableError, sdpa_kernel
-from .benchmarking import bar_chart, median_seconds
-from .sdpa import scaled_dot_product_attention
-
-TRAIN_FLOPS_FACTOR = 3.5  # forward + backward FLOPs / forward FLOPs
+from ..backends import Backend, NoBackendAvailableError
+from ..sdpa import scaled_dot_product_attention
+from .common import TRAIN_FLOPS_FACTOR, attention_flops, first_reasons, only, padded_lengths, torch_refusal
+from .timing import bar_chart, median_seconds
 
 
 @dataclasses.dataclass
@@ -59,21 +57,6 @@ class Case:
     context: Callable[[], contextlib.AbstractContextManager]
     call: Callable[[], object]  # one timed step (forward, or forward + backward)
     refusal: str | None = None  # why torch may refuse it, where torch's own message does not say
-
-
-def attention_flops(batch: int, heads: int, q_len: int, k_len: int, head_dim: int, causal: bool) -> float:
-    """Forward FLOPs of attention: two (L x S x E) matmuls, 2 FLOPs per multiply-add; causal halves it."""
-    flops = 4.0 * batch * heads * q_len * k_len * head_dim
-    return flops / 2 if causal else flops
-
-
-@contextlib.contextmanager
-def _only(*backends: Backend, torch_kernel: SDPBackend | None = None) -> Iterator[None]:
-    with (
-        sdpa_kernel(list(backends)),
-        torch_sdpa_kernel(torch_kernel) if torch_kernel else contextlib.nullcontext(),
-    ):
-        yield
 
 
 def _step(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], train: bool, *args, **kwargs):
@@ -96,24 +79,16 @@ def dense_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, generator=gen, requires_grad=train) for _ in range(3))
     step = _step(scaled_dot_product_attention, [q, k, v], train, q, k, v, is_causal=args.causal)
     variants = [
-        ("TRITON", lambda: _only(Backend.TRITON)),
-        ("TORCH (torch picks)", lambda: _only(Backend.TORCH)),
-        ("TORCH: math", lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.MATH)),
-        ("TORCH: flash", lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.FLASH_ATTENTION)),
-        ("TORCH: efficient", lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.EFFICIENT_ATTENTION)),
-        ("TORCH: cuDNN", lambda: _only(Backend.TORCH, torch_kernel=SDPBackend.CUDNN_ATTENTION)),
-        ("MATH (this repo's reference)", lambda: _only(Backend.MATH)),
+        ("TRITON", lambda: only(Backend.TRITON)),
+        ("TORCH (torch picks)", lambda: only(Backend.TORCH)),
+        ("TORCH: math", lambda: only(Backend.TORCH, torch_kernel=SDPBackend.MATH)),
+        ("TORCH: flash", lambda: only(Backend.TORCH, torch_kernel=SDPBackend.FLASH_ATTENTION)),
+        ("TORCH: efficient", lambda: only(Backend.TORCH, torch_kernel=SDPBackend.EFFICIENT_ATTENTION)),
+        ("TORCH: cuDNN", lambda: only(Backend.TORCH, torch_kernel=SDPBackend.CUDNN_ATTENTION)),
+        ("MATH (this repo's reference)", lambda: only(Backend.MATH)),
     ]
     flops = attention_flops(*shape[:3], args.seq_len, args.head_dim, args.causal)
     return [Case(name, ctx, step) for name, ctx in variants], flops * (TRAIN_FLOPS_FACTOR if train else 1)
-
-
-def padded_lengths(batch: int, max_len: int, generator: torch.Generator) -> list[int]:
-    """Lengths evenly spread over (0, max_len] in random order, the first at full length: the seed's
-    experiment, about 50% padding (16 x 256 -> 2,176 real tokens of 4,096)."""
-    lengths = [max(1, round(max_len * (batch - i) / batch)) for i in range(batch)]
-    order = torch.randperm(batch - 1, generator=generator).tolist()
-    return [lengths[0], *(lengths[1 + i] for i in order)]
 
 
 def nested_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[list[Case], int]:
@@ -143,15 +118,15 @@ def nested_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     masked_causal = mask & torch.ones(L, L, dtype=torch.bool, device=device).tril() if args.causal else mask
     dense = _step(scaled_dot_product_attention, padded, args.train, *padded, attn_mask=masked_causal)
     cases = [
-        Case("TRITON varlen", lambda: _only(Backend.TRITON), ours),
-        Case("TORCH on the nested tensor", lambda: _only(Backend.TORCH), ours),
+        Case("TRITON varlen", lambda: only(Backend.TRITON), ours),
+        Case("TORCH on the nested tensor", lambda: only(Backend.TORCH), ours),
         Case(
             "torch's own nested SDPA",
             contextlib.nullcontext,
             theirs,
             "torch's nested SDPA refuses is_causal=True",
         ),
-        Case("TORCH, padded dense + mask", lambda: _only(Backend.TORCH), dense),
+        Case("TORCH, padded dense + mask", lambda: only(Backend.TORCH), dense),
     ]
     return cases, total
 
@@ -166,10 +141,10 @@ def run(args: argparse.Namespace) -> list[Result]:
             with case.context():
                 seconds = median_seconds(case.call, args.min_run_time)  # its warm-up also tests feasibility
         except NoBackendAvailableError as err:
-            results.append(Result(case.name, skipped=_first_reasons(str(err))))
+            results.append(Result(case.name, skipped=first_reasons(str(err))))
             continue
         except RuntimeError as err:  # torch refusing one of its kernels for this input
-            results.append(Result(case.name, skipped=case.refusal or _torch_refusal(err, device)))
+            results.append(Result(case.name, skipped=case.refusal or torch_refusal(err, device)))
             continue
         result = Result(case.name, ms=seconds * 1e3)
         if args.nested:
@@ -182,18 +157,6 @@ def run(args: argparse.Namespace) -> list[Result]:
         if r.ms is not None and fastest:
             r.ratio = r.ms / fastest
     return results
-
-
-def _first_reasons(message: str) -> str:
-    lines = [line.strip() for line in message.splitlines() if line.startswith("  ")]
-    return "; ".join(line.split(": ", 1)[-1] for line in lines) or message
-
-
-def _torch_refusal(err: RuntimeError, device: torch.device) -> str:
-    reason = str(err).splitlines()[0]
-    if "No viable backend" in reason and device.type == "cpu":
-        return "torch has no CPU kernel for it (on CPU torch implements flash and math only)"
-    return reason
 
 
 def title(args: argparse.Namespace) -> str:
@@ -248,11 +211,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> list[Result]:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--sweep" in argv:  # the kernel benchmark proper: kernels.bench_sweep
-        from .bench_sweep import main as sweep
-
-        return sweep([a for a in argv if a != "--sweep"])
     args = parse_args(argv)
     # torch's nested SDPA logs why each of its kernels declines and warns that strided nested tensors are a
     # prototype (it converts to them internally): the table says what matters.
@@ -284,5 +242,3 @@ def main(argv: list[str] | None = None) -> list[Result]:
     return results
 
 
-if __name__ == "__main__":
-    main()

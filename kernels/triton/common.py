@@ -1,0 +1,156 @@
+r"""Pieces the forward and backward kernels share: where a program's sequence lives, which key (or query) blocks
+a block of rows must visit and which of those need no mask, the band mask itself, and dropout.
+
+**The band.** Query row ``i`` may attend to key column ``j`` when ``j < S`` and
+
+    -left <= j - i - shift <= right,      shift = S - L (bottom-right aligned) or 0 (top-left aligned)
+
+with either bound absent (``HAS_LEFT`` / ``HAS_RIGHT``). Top-left causal is ``right = 0`` with no left bound,
+bottom-right causal the same with ``shift = S - L``, a sliding window of ``w`` keys ``left = w - 1``.
+
+**Three loops.** For a block of rows ``[m0, m_end)`` the visible columns are ``[lo, hi)``; the columns that every
+row of the block sees lie in ``[full_lo, full_hi)`` (rounded inwards to whole key blocks, and below the last
+partial block). The kernels run the blocks of ``[lo, mid_lo)`` and ``[mid_hi, hi)`` with the band mask and the
+blocks between without any mask: no bounds on loads, no compare, no guard against all-masked rows. A block of
+key columns in the backward dK/dV pass uses the same bounds with rows and columns swapped (`_row_bounds`).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr global: the compiler reads nothing else
+
+
+@triton.jit
+def _find_sequence(Cu, B, pid, BLOCK: tl.constexpr):
+    """Variable length: the sequence ``b`` and block index of program ``pid`` along a packed axis.
+
+    Sequence ``b`` owns the program ids ``[Cu[b] // BLOCK + b, Cu[b + 1] // BLOCK + b + 1)``: disjoint, rising
+    with ``b``, and at least ``cdiv(len_b, BLOCK)`` of them, so a grid of ``cdiv(T, BLOCK) + B`` programs covers
+    every block with at most one idle program per sequence, and no table has to be built on the host (no
+    synchronisation). A binary search over the offsets finds ``b`` (``log2(B)`` scalar loads).
+    """
+    lo = 0
+    hi = B
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if tl.load(Cu + mid) // BLOCK + mid <= pid:
+            lo = mid
+        else:
+            hi = mid
+    start = tl.load(Cu + lo)
+    length = tl.load(Cu + lo + 1) - start
+    return lo, start, length, pid - (start // BLOCK + lo)
+
+
+@triton.jit
+def _col_bounds(
+    m0, L, S, shift, left, right,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+):  # fmt: skip
+    """Key-block bounds ``(lo, mid_lo, mid_hi, hi)`` for the query rows ``[m0, m0 + BLOCK_M)``: blocks in
+    ``[mid_lo, mid_hi)`` need no mask, those in ``[lo, mid_lo)`` and ``[mid_hi, hi)`` the band mask."""
+    m_end = tl.minimum(m0 + BLOCK_M, L)
+    lo = 0
+    hi = S
+    full_lo = 0
+    full_hi = S // BLOCK_N * BLOCK_N
+    if HAS_RIGHT:
+        hi = tl.maximum(0, tl.minimum(S, m_end + shift + right))
+        full_hi = tl.minimum(full_hi, tl.maximum(0, m0 + shift + right + 1) // BLOCK_N * BLOCK_N)
+    if HAS_LEFT:
+        lo = tl.maximum(0, m0 + shift - left) // BLOCK_N * BLOCK_N
+        full_lo = (tl.maximum(0, m_end - 1 + shift - left) + BLOCK_N - 1) // BLOCK_N * BLOCK_N
+    mid_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    mid_hi = tl.minimum(tl.maximum(full_hi, mid_lo), hi)
+    return lo, mid_lo, mid_hi, hi
+
+
+@triton.jit
+def _row_bounds(
+    n0, L, S, shift, left, right,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+):  # fmt: skip
+    """Query-block bounds ``(lo, mid_lo, mid_hi, hi)`` for the key columns ``[n0, n0 + BLOCK_N)`` (dK/dV pass):
+    row ``i`` sees column ``j`` when ``-right <= i - (j - shift) <= left``, the band seen from the keys."""
+    n_end = tl.minimum(n0 + BLOCK_N, S)
+    lo = 0
+    hi = L
+    full_lo = 0
+    full_hi = L // BLOCK_M * BLOCK_M
+    if HAS_LEFT:
+        hi = tl.maximum(0, tl.minimum(L, n_end - shift + left))
+        full_hi = tl.minimum(full_hi, tl.maximum(0, n0 - shift + left + 1) // BLOCK_M * BLOCK_M)
+    if HAS_RIGHT:
+        lo = tl.maximum(0, n0 - shift - right) // BLOCK_M * BLOCK_M
+        full_lo = (tl.maximum(0, n_end - 1 - shift - right) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    mid_lo = tl.minimum(tl.maximum(full_lo, lo), hi)
+    mid_hi = tl.minimum(tl.maximum(full_hi, mid_lo), hi)
+    return lo, mid_lo, mid_hi, hi
+
+
+@triton.jit
+def _band(rows, cols, L, S, shift, left, right, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """Where row ``rows[i]`` may attend to column ``cols[j]``: inside the sequence and inside the band."""
+    valid = (rows[:, None] < L) & (cols[None, :] < S)
+    if HAS_RIGHT:
+        valid = valid & (cols[None, :] - rows[:, None] - shift <= right)
+    if HAS_LEFT:
+        valid = valid & (cols[None, :] - rows[:, None] - shift >= -left)
+    return valid
+
+
+@triton.jit
+def _dropout_keep(seed, row_ids, col_ids, row_stride, dropout_p):
+    """Philox keep mask of a (rows, cols) tile; offset = row id * row stride + column id, unique per element
+    (dense: rows of (B*H, L), stride S; variable length: rows (token, head), stride total keys)."""
+    return tl.rand(seed, row_ids[:, None] * row_stride + col_ids[None, :]) >= dropout_p
+
+
+@triton.jit
+def _load_rows(Base, desc, r0, stride, n_rows, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+               USE_TMA: tl.constexpr, BOUNDED: tl.constexpr, EVEN_D: tl.constexpr):  # fmt: skip
+    """Rows ``[r0, r0 + BLOCK_R)`` of a ``(n_rows, D)`` matrix, zero outside: through its tensor descriptor
+    (the copy engine zero-fills), or through pointers, bounds-checked only where ``BOUNDED`` or ``D`` is padded."""
+    if USE_TMA:
+        return desc.load([r0, 0])
+    else:
+        rows = r0 + tl.arange(0, BLOCK_R)
+        offs_d = tl.arange(0, BLOCK_D)
+        ptrs = Base + rows[:, None] * stride + offs_d[None, :]
+        if BOUNDED:
+            return tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D), other=0.0)
+        elif EVEN_D:
+            return tl.load(ptrs)
+        else:
+            return tl.load(ptrs, mask=offs_d[None, :] < D, other=0.0)
+
+
+@triton.jit
+def _store_rows(Base, desc, r0, stride, n_rows, D, value, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                USE_TMA: tl.constexpr):  # fmt: skip
+    """Store ``value`` (already in the output's dtype) to rows ``[r0, r0 + BLOCK_R)`` of a ``(n_rows, D)`` matrix,
+    clipped to it."""
+    if USE_TMA:
+        desc.store([r0, 0], value)
+    else:
+        rows = r0 + tl.arange(0, BLOCK_R)
+        offs_d = tl.arange(0, BLOCK_D)
+        tl.store(Base + rows[:, None] * stride + offs_d[None, :], value, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _descriptor(Base, n_rows, D, stride, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, USE_TMA: tl.constexpr):
+    """A 2-D tensor descriptor over ``(n_rows, D)`` with row stride ``stride`` (the pointer itself without TMA)."""
+    if USE_TMA:
+        return tl.make_tensor_descriptor(Base, [n_rows, D], [stride, 1], [BLOCK_R, BLOCK_D])
+    else:
+        return Base
+
+
+def grid_blocks(tokens: int, batch: int, block: int, varlen: bool, length: int) -> int:
+    """Programs along the row axis: ``cdiv(length, block)`` dense; ``cdiv(tokens, block) + batch`` packed
+    (`_find_sequence`)."""
+    return triton.cdiv(tokens, block) + batch if varlen else triton.cdiv(length, block)

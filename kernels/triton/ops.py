@@ -1,0 +1,390 @@
+"""Host side of the fused kernels: launchers, and the ``torch.library`` ops that make them autograd- and
+``torch.compile``-friendly.
+
+Three layers (as flash-attention's interface): `flash_attention` / `flash_attention_varlen` (shapes, the dropout
+seed, the band) -> ``fusedlayers::flash_attention_*`` custom ops with fake implementations (so
+``torch.compile(fullgraph=True)`` traces through them) and registered autograd -> the Triton kernels.
+
+Every operand's last dimension is made contiguous here (a copy only where it is not: e.g. the stride-0 gradient
+that ``.sum().backward()`` hands the backward), so the kernels always see a unit last stride, which the JIT turns
+into a constant; the other dimensions are read through their strides (no copies for transposed or head-split
+views), and a mask broadcast to ``(B, H, L, S)`` keeps stride 0 on its broadcast dimensions.
+
+**Band.** ``window_left``/``window_right`` bound the keys a query sees relative to its diagonal (``-1`` = no bound);
+top-left causal is ``(-1, 0)``; ``lower_right`` aligns the diagonal to the bottom-right corner (``S - L``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+
+from .bwd import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
+from .common import grid_blocks
+from .fwd import attn_fwd
+from .tiles import INTERPRET, PREPROCESS_BLOCK, block_dim, length_key, tuned
+
+attn_fwd_tuned, attn_bwd_dkdv_tuned, attn_bwd_dq_tuned = (tuned(k) for k in (attn_fwd, attn_bwd_dkdv, attn_bwd_dq))
+
+# Whether the copy-engine (tensor descriptor) path may be used: on CUDA it is used on compute capability 9.0 and
+# later when every operand is 16-byte aligned (`use_tma`); under the interpreter both paths run (the tests set
+# this to exercise each).
+DESCRIPTORS = True
+
+
+def contiguous_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with a unit last stride (a copy only where it has another one)."""
+    return t if t.stride(-1) == 1 or t.size(-1) == 1 else t.contiguous()
+
+
+def use_tma(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels may read and write these tensors through tensor descriptors: a Hopper or later GPU (or
+    the interpreter), every base address and every stride but the last a multiple of 16 bytes."""
+    if not DESCRIPTORS:
+        return False
+    device = tensors[0].device
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
+        return False
+    if device.type != "cuda" and not INTERPRET:
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if t.data_ptr() % 16 or t.stride(-1) != 1 or any(s * size % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _allocator(size: int, alignment: int, stream) -> torch.Tensor:
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator(device: torch.device) -> None:
+    """Device-side tensor descriptors need a scratch allocation per launch. Triton's allocator is a context
+    variable, so it is checked on every launch (autograd runs the backward on another thread); a user's own
+    allocator is left in place."""
+    if device.type != "cuda":
+        return
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_allocator)
+
+
+def _mask_args(mask: torch.Tensor | None, q: torch.Tensor, S: int) -> tuple[torch.Tensor | None, tuple[int, ...], int]:
+    """The mask as kernel arguments: tensor, strides over (B, H, L, S), and its kind (0 none, 1 bool, 2 add)."""
+    if mask is None:
+        return None, (0, 0, 0, 0), 0
+    B, H, L, _ = q.shape
+    mask = mask.expand(B, H, L, S)  # stride 0 on broadcast dims, nothing copied
+    if mask.dtype == torch.bool:
+        return mask.view(torch.uint8), mask.stride(), 1
+    return mask, mask.stride(), 2
+
+
+class _Layout:
+    """How the kernels index one call: dense ``(B, H, L, D)`` tensors, or packed ``(T, H, D)`` ones with offsets.
+
+    Packed tensors are passed with batch stride 0; each program finds its sequence in ``cu_q``/``cu_k`` on the
+    device (no host synchronisation), and the grid has ``cdiv(T, block) + B`` programs (`common._find_sequence`).
+    """
+
+    def __init__(self, q, k, cu_q=None, cu_k=None):
+        self.varlen = cu_q is not None
+        if self.varlen:
+            self.batch, self.heads, self.kv_heads = cu_q.numel() - 1, q.size(1), k.size(1)
+            self.L = self.S = 0  # per sequence, from the offsets
+            self.TQ, self.TK = q.size(0), k.size(0)
+            self.cu_q, self.cu_k = cu_q, cu_k
+        else:
+            self.batch, self.heads, self.L = q.shape[:3]
+            self.kv_heads, self.S = k.size(1), k.size(2)
+            self.TQ, self.TK = q.size(2), k.size(2)
+            self.cu_q = self.cu_k = None
+
+    def strides(self, t: torch.Tensor) -> tuple[int, int, int]:
+        """(batch, head, row) strides; packed (T, H, D) tensors have no batch dimension."""
+        return (0, t.stride(1), t.stride(0)) if self.varlen else tuple(t.stride()[:3])
+
+    def lse_shape(self) -> tuple[int, int]:
+        return (self.heads, self.TQ) if self.varlen else (self.batch * self.heads, self.L)
+
+    def grid(self, block: int, keys: bool = False) -> int:
+        tokens, length = (self.TK, self.S) if keys else (self.TQ, self.L)
+        return grid_blocks(tokens, self.batch, block, self.varlen, length)
+
+    def scalars(self, D: int, DV: int, scale: float, dropout_p: float, left: int, right: int) -> tuple:
+        """The kernels' scalar arguments ``B .. right`` (the same list for all three)."""
+        return (
+            self.batch, self.heads, self.heads // self.kv_heads, self.L, self.S, D, DV, self.TQ,
+            length_key(self.TQ), length_key(self.TK), scale, dropout_p, max(left, 0), max(right, 0),
+        )  # fmt: skip
+
+
+def _constexprs(q, v, mask_kind, dropout_p, left, right, lower_right, allow_tf32, layout, tma) -> dict:
+    D, DV = q.size(-1), v.size(-1)
+    return {
+        "HAS_LEFT": left >= 0, "HAS_RIGHT": right >= 0, "LOWER_RIGHT": bool(lower_right), "MASK_KIND": mask_kind,
+        "HAS_DROPOUT": dropout_p > 0, "PRECISION": "tf32" if allow_tf32 else "ieee", "VARLEN": layout.varlen,
+        "USE_TMA": tma, "EVEN_D": D == block_dim(D) and DV == block_dim(DV),
+        "BLOCK_D": block_dim(D), "BLOCK_DV": block_dim(DV),
+    }  # fmt: skip
+
+
+def _forward(q, k, v, mask, seed, dropout_p, scale, left, right, lower_right, allow_tf32, layout: _Layout):
+    q, k, v = (contiguous_last(t) for t in (q, k, v))
+    D, DV = q.size(-1), v.size(-1)
+    out = q.new_empty(*q.shape[:-1], DV)
+    lse = torch.empty(layout.lse_shape(), device=q.device, dtype=torch.float32)
+    mask_t, mask_strides, mask_kind = _mask_args(mask, q, layout.S)
+    tma = use_tma(q, k, v, out)
+    if tma:
+        _ensure_allocator(q.device)
+    consts = _constexprs(q, v, mask_kind, dropout_p, left, right, lower_right, allow_tf32, layout, tma)
+    H = layout.heads
+    attn_fwd_tuned[lambda meta: (layout.grid(meta["BLOCK_M"]), (1 if layout.varlen else layout.batch) * H)](
+        q, k, v, mask_t, out, lse, seed, layout.cu_q, layout.cu_k,
+        *layout.strides(q), *layout.strides(k), *layout.strides(v), *mask_strides, *layout.strides(out),
+        *layout.scalars(D, DV, scale, dropout_p, left, right), **consts,
+    )  # fmt: skip
+    return out, lse
+
+
+def _backward(grad_out, q, k, v, mask, seed, out, lse, dropout_p, scale, left, right, lower_right, allow_tf32, layout):
+    grad_out, q, k, v, out = (contiguous_last(t) for t in (grad_out, q, k, v, out))
+    D, DV = q.size(-1), v.size(-1)
+    H, Hk = layout.heads, layout.kv_heads
+    mask_t, mask_strides, mask_kind = _mask_args(mask, q, layout.S)
+    # delta = rowsum(dO * O), laid out like the log-sum-exp: packed tensors are one "batch" of TQ rows.
+    rows = layout.TQ if layout.varlen else layout.L
+    pre_batch = 1 if layout.varlen else layout.batch
+    delta = torch.empty(layout.lse_shape(), device=q.device, dtype=torch.float32)
+    attn_bwd_preprocess[(triton.cdiv(rows, PREPROCESS_BLOCK), pre_batch * H)](
+        out, grad_out, delta, *layout.strides(out), *layout.strides(grad_out), H, rows, DV,
+        BLOCK_M=PREPROCESS_BLOCK, BLOCK_DV=block_dim(DV),
+    )  # fmt: skip
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    tma = use_tma(q, k, v, grad_out, dq, dk, dv)
+    if tma:
+        _ensure_allocator(q.device)
+    consts = _constexprs(q, v, mask_kind, dropout_p, left, right, lower_right, allow_tf32, layout, tma)
+    common = (
+        *layout.strides(q), *layout.strides(k), *layout.strides(v), *mask_strides, *layout.strides(grad_out)
+    )  # fmt: skip
+    scalars = layout.scalars(D, DV, scale, dropout_p, left, right)
+    offsets = (layout.cu_q, layout.cu_k)
+    bh = 1 if layout.varlen else layout.batch
+    attn_bwd_dkdv_tuned[lambda meta: (layout.grid(meta["BLOCK_N"], keys=True), bh * Hk)](
+        q, k, v, mask_t, grad_out, lse, delta, dk, dv, seed, *offsets, *common,
+        *layout.strides(dk), *layout.strides(dv), *scalars, **consts,
+    )  # fmt: skip
+    attn_bwd_dq_tuned[lambda meta: (layout.grid(meta["BLOCK_M"]), bh * H)](
+        q, k, v, mask_t, grad_out, lse, delta, dq, seed, *offsets, *common, *layout.strides(dq), *scalars, **consts
+    )
+    return dq, dk, dv
+
+
+@torch.library.custom_op("fusedlayers::flash_attention_fwd", mutates_args=())
+def flash_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    seed: torch.Tensor | None,
+    dropout_p: float,
+    scale: float,
+    window_left: int,
+    window_right: int,
+    lower_right: bool,
+    allow_tf32: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``q (B, H, L, D)``, ``k (B, Hk, S, D)``, ``v (B, Hk, S, Dv)`` -> ``out (B, H, L, Dv)``, ``lse (B * H, L)``."""
+    band = (window_left, window_right, lower_right)
+    return _forward(q, k, v, mask, seed, dropout_p, scale, *band, allow_tf32, _Layout(q, k))
+
+
+@flash_attention_fwd.register_fake
+def _(q, k, v, mask, seed, dropout_p, scale, window_left, window_right, lower_right, allow_tf32):
+    B, H, L, _ = q.shape
+    return q.new_empty(B, H, L, v.size(3)), q.new_empty(B * H, L, dtype=torch.float32)
+
+
+@torch.library.custom_op("fusedlayers::flash_attention_bwd", mutates_args=())
+def flash_attention_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    seed: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dropout_p: float,
+    scale: float,
+    window_left: int,
+    window_right: int,
+    lower_right: bool,
+    allow_tf32: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of q, k, v (the shapes of q, k, v) from the saved output and log-sum-exp."""
+    options = (dropout_p, scale, window_left, window_right, lower_right, allow_tf32)
+    return _backward(grad_out, q, k, v, mask, seed, out, lse, *options, _Layout(q, k))
+
+
+@flash_attention_bwd.register_fake
+def _(grad_out, q, k, v, mask, seed, out, lse, dropout_p, scale, window_left, window_right, lower_right, allow_tf32):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, mask, seed, *options = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, mask, seed, out, lse)
+    ctx.options = options
+
+
+def _backward_dense(ctx, grad_out, grad_lse):
+    q, k, v, mask, seed, out, lse = ctx.saved_tensors
+    dq, dk, dv = flash_attention_bwd(grad_out, q, k, v, mask, seed, out, lse, *ctx.options)
+    return dq, dk, dv, None, None, None, None, None, None, None, None
+
+
+flash_attention_fwd.register_autograd(_backward_dense, setup_context=_setup_context)
+
+
+@torch.library.custom_op("fusedlayers::flash_attention_varlen_fwd", mutates_args=())
+def flash_attention_varlen_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor,
+    cu_k: torch.Tensor,
+    seed: torch.Tensor | None,
+    dropout_p: float,
+    scale: float,
+    window_left: int,
+    window_right: int,
+    lower_right: bool,
+    allow_tf32: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed ``q (Tq, H, D)``, ``k (Tk, Hk, D)``, ``v (Tk, Hk, Dv)`` with int32 offsets ``(B + 1,)`` ->
+    ``out (Tq, H, Dv)``, ``lse (H, Tq)``: one launch for the whole batch, no padding."""
+    band = (window_left, window_right, lower_right)
+    return _forward(q, k, v, None, seed, dropout_p, scale, *band, allow_tf32, _Layout(q, k, cu_q, cu_k))
+
+
+@flash_attention_varlen_fwd.register_fake
+def _(q, k, v, cu_q, cu_k, seed, dropout_p, scale, window_left, window_right, lower_right, allow_tf32):
+    return q.new_empty(*q.shape[:-1], v.size(-1)), q.new_empty(q.size(1), q.size(0), dtype=torch.float32)
+
+
+@torch.library.custom_op("fusedlayers::flash_attention_varlen_bwd", mutates_args=())
+def flash_attention_varlen_bwd(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor,
+    cu_k: torch.Tensor,
+    seed: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    dropout_p: float,
+    scale: float,
+    window_left: int,
+    window_right: int,
+    lower_right: bool,
+    allow_tf32: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    options = (dropout_p, scale, window_left, window_right, lower_right, allow_tf32)
+    return _backward(grad_out, q, k, v, None, seed, out, lse, *options, _Layout(q, k, cu_q, cu_k))
+
+
+@flash_attention_varlen_bwd.register_fake
+def _(grad_out, q, k, v, cu_q, cu_k, seed, out, lse, dropout_p, scale, window_left, window_right, lower_right,
+      allow_tf32):  # fmt: skip
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_varlen(ctx, inputs, output) -> None:
+    q, k, v, cu_q, cu_k, seed, *options = inputs
+    ctx.save_for_backward(q, k, v, cu_q, cu_k, seed, *output)
+    ctx.options = options
+
+
+def _backward_varlen(ctx, grad_out, grad_lse):
+    q, k, v, cu_q, cu_k, seed, out, lse = ctx.saved_tensors
+    dq, dk, dv = flash_attention_varlen_bwd(grad_out, q, k, v, cu_q, cu_k, seed, out, lse, *ctx.options)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+flash_attention_varlen_fwd.register_autograd(_backward_varlen, setup_context=_setup_varlen)
+
+
+def flash_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    window: tuple[int, int] = (-1, -1),
+    lower_right: bool = False,
+) -> torch.Tensor:
+    """F.sdpa's contract on the fused kernels (dense inputs that passed `validate_sdpa_args`); ``window`` is the
+    band ``(left, right)`` (-1: unbounded), which ``is_causal`` sets to ``(-1, 0)``."""
+    batch_shape = query.shape[:-3] if query.dim() >= 3 else ()
+    q, k, v = (_as_4d(t) for t in (query, key, value))
+    mask = None
+    if attn_mask is not None:
+        mask = attn_mask.expand(*batch_shape, q.size(1), q.size(2), k.size(2)) if attn_mask.dim() else attn_mask
+        mask = mask.reshape(q.size(0), q.size(1), q.size(2), k.size(2))
+    options = _scalar_options(query, dropout_p, is_causal, scale, window, lower_right)
+    out, _ = flash_attention_fwd(q, k, v, mask, *options)
+    return out.reshape(*query.shape[:-1], value.size(-1))
+
+
+def flash_attention_varlen(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    window: tuple[int, int] = (-1, -1),
+    lower_right: bool = False,
+) -> torch.Tensor:
+    """`kernels.varlen_attention`'s contract on the fused kernels: packed ``(T, H, E)`` tensors and offsets."""
+    cu_q, cu_k = (c.to(device=query.device, dtype=torch.int32) for c in (cu_seqlens_q, cu_seqlens_k))
+    options = _scalar_options(query, dropout_p, is_causal, scale, window, lower_right)
+    out, _ = flash_attention_varlen_fwd(query, key, value, cu_q, cu_k, *options)
+    return out
+
+
+def _scalar_options(
+    query: torch.Tensor, dropout_p: float, is_causal: bool, scale: float | None, window: tuple[int, int],
+    lower_right: bool,
+) -> tuple:  # fmt: skip
+    """(seed, dropout_p, scale, window_left, window_right, lower_right, allow_tf32) as the ops take them. The seed
+    comes from torch's generator (so torch.manual_seed reproduces a run), as a tensor: no host sync."""
+    seed = torch.randint(0, 2**31 - 1, (1,), device=query.device) if dropout_p > 0 else None
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
+    left, right = window
+    if is_causal:
+        right = 0 if right < 0 else min(right, 0)
+    return seed, float(dropout_p), scale, int(left), int(right), bool(lower_right), torch.backends.cuda.matmul.allow_tf32
+
+
+def _as_4d(t: torch.Tensor) -> torch.Tensor:
+    """(..., H, L, E) -> (B, H, L, E) (a view where the batch dims allow); (L, E) -> (1, 1, L, E)."""
+    if t.dim() == 2:
+        return t[None, None]
+    return t.reshape(-1, *t.shape[-3:])

@@ -1,0 +1,138 @@
+"""The tiles the autotuner may try, and which of them each kernel variant keeps.
+
+Each kernel has its own list of ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` (module level, so the offline compile
+check, `kernels.triton.compile_check`, covers exactly these). `SPILL_FREE` says which tiles compile without register
+spills and within shared memory, on both the copy-engine (tensor descriptor) and the pointer path, per kernel,
+architecture, head-dim bucket and kind; it was measured with the compile check as the JIT compiles the kernels
+(``python -m kernels.compile_check --measure-tiles`` prints it again), and the check fails when a kept tile spills.
+
+The autotuner's key buckets the lengths (`length_key`): a new sequence length costs no new benchmarking unless it
+crosses a power of two, and the timings are cached on disk across processes (``cache_results``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+import triton
+
+Tile = tuple[int, int, int, int]  # BLOCK_M, BLOCK_N, num_warps, num_stages
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+# For each kernel, from the largest tile down. dK/dV owns BLOCK_N keys and steps over BLOCK_M queries; the
+# forward and dQ own BLOCK_M queries and step over BLOCK_N keys: 128 rows on 8 warps is each kernel's main tile.
+CONFIGS: dict[str, list[Tile]] = {
+    "attn_fwd": [
+        (128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2),
+        (64, 32, 4, 2), (32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 8, 1), (16, 16, 8, 1),
+    ],
+    "attn_bwd_dkdv": [
+        (64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 2), (32, 64, 4, 2), (32, 32, 4, 1),
+        (16, 32, 4, 1), (16, 32, 8, 1), (16, 16, 8, 1),
+    ],
+    "attn_bwd_dq": [
+        (128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 32, 4, 1),
+        (32, 16, 4, 1), (16, 32, 8, 1), (16, 16, 8, 1),
+    ],
+}  # fmt: skip
+INTERPRETER_TILE: Tile = (32, 32, 4, 1)  # the interpreter cannot benchmark: one tile (TRITON-NOTES.md)
+PREPROCESS_BLOCK = 32
+AUTOTUNE_KEY = ["L_KEY", "S_KEY", "D", "DV", "HAS_LEFT", "HAS_RIGHT", "MASK_KIND", "HAS_DROPOUT", "VARLEN", "USE_TMA"]
+
+# SPILL_FREE[kernel][(arch, path, bucket, kind)]: the tiles kept, best first. arch 80 stands for every card
+# before Hopper (no copy engine: pointer path only), 90 for Hopper and later; path "tma" or "ptr"; bucket the
+# padded head dim (64, 128, 256); kind "plain" (no mask, no dropout), "tile" (a mask or dropout tile is live),
+# "fp32" (float32 operands). Measured 2026-11-27, triton 3.9, sm_80/sm_90 (see the module docstring).
+SPILL_FREE: dict[str, dict[tuple[int, str, int, str], list[Tile]]] = {}
+
+
+def length_key(n: int) -> int:
+    """The autotuner's bucket of a length: the next power of two, at least 128."""
+    return max(128, triton.next_power_of_2(max(1, int(n))))
+
+
+def block_dim(dim: int) -> int:
+    """The padded head dim: a power of two, at least 16 (``tl.dot`` needs K >= 16)."""
+    return max(16, triton.next_power_of_2(dim))
+
+
+def kind_of(dtype: torch.dtype | None, mask_kind: int, dropout: bool) -> str:
+    if dtype == torch.float32:
+        return "fp32"
+    return "tile" if mask_kind or dropout else "plain"
+
+
+def bucket_of(block_d: int) -> int:
+    return next(b for b in (64, 128, 256) if block_d <= b)
+
+
+def arch_of(capability: int) -> int:
+    return 90 if capability >= 90 else 80
+
+
+def kept_tiles(kernel: str, arch: int, use_tma: bool, block_d: int, kind: str) -> list[Tile]:
+    """The tiles the prune keeps for a variant (all of them where the table has no row: the check then says so)."""
+    row = SPILL_FREE.get(kernel, {}).get((arch_of(arch), "tma" if use_tma else "ptr", bucket_of(block_d), kind))
+    return list(row) if row is not None else list(CONFIGS[kernel])
+
+
+_forced: dict[str, Tile] = {}
+
+
+@contextlib.contextmanager
+def forced(kernel: str, tile: Tile) -> Iterator[None]:
+    """Run ``kernel`` (``"attn_fwd"``, ``"attn_bwd_dkdv"``, ``"attn_bwd_dq"``) with one tile only, e.g. to check
+    that every tile of the list computes correctly (``pytest -m cuda``), not only the autotuner's winner."""
+    if tile not in CONFIGS[kernel]:
+        raise ValueError(f"{tile} is not in CONFIGS[{kernel!r}]; choose one of {CONFIGS[kernel]}")
+    previous = _forced.get(kernel)
+    _forced[kernel] = tile
+    try:
+        yield
+    finally:
+        if previous is None:
+            _forced.pop(kernel, None)
+        else:
+            _forced[kernel] = previous
+
+
+def _tile(config: triton.Config) -> Tile:
+    return (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps, config.num_stages)
+
+
+def configs(kernel: str) -> list[triton.Config]:
+    tiles = [INTERPRETER_TILE] if INTERPRET else CONFIGS[kernel]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
+
+
+def prune_for(kernel: str):
+    """The autotuner's early prune for one kernel: the tiles `kept_tiles` allows on this device, or the forced one."""
+
+    def prune(candidates: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        if INTERPRET:
+            return candidates
+        if kernel in _forced:
+            return [c for c in candidates if _tile(c) == _forced[kernel]]
+        args = {**named_args, **kwargs}
+        q = args["Q"]
+        major, minor = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (9, 0)
+        block_d = max(args["BLOCK_D"], args["BLOCK_DV"])
+        allowed = kept_tiles(
+            kernel, 10 * major + minor, bool(args["USE_TMA"]), block_d,
+            kind_of(q.dtype, args["MASK_KIND"], args["HAS_DROPOUT"]),
+        )  # fmt: skip
+        return [c for c in candidates if _tile(c) in allowed] or candidates[-1:]
+
+    return prune
+
+
+def tuned(kernel):
+    """``kernel`` behind an autotuner over its tile list, pruned per variant, results cached on disk."""
+    name = kernel.__name__ if hasattr(kernel, "__name__") else kernel.fn.__name__
+    return triton.autotune(
+        configs(name), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": prune_for(name)}, cache_results=True
+    )(kernel)
