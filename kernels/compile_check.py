@@ -1,4 +1,4 @@
-"""``python -m kernels.compile_check``: the offline compile check of the fused kernels (`kernels.triton.compile_check`)."""
+"""``python -m kernels.compile_check``: the offline compile check of the kernels (`kernels.triton.compile_check`)."""
 
 import sys
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from . import triton as fused
-from ._nested import buckets, packed_attention
+from ._nested import as_jagged, like, packed_attention, padded_attention, plan
 from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
 from .dispatch import DENSE, profiled, select, unavailable_reasons
@@ -71,6 +71,8 @@ def scaled_dot_product_attention(
     assert y.is_nested and y.size(1) == 4
     ```
     """
+    original = query
+    query, key, value = (as_jagged(t) for t in (query, key, value))  # strided nested: as jagged
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     backend, _ = select(query, key, value, attn_mask)
     attend = DENSE[backend]
@@ -82,10 +84,12 @@ def scaled_dot_product_attention(
     with profiled("nested_attention", backend):
         if backend is Backend.TRITON:  # one launch; the offsets stay on the device (no host sync)
             out = fused.varlen_attention(q, k, v, query.offsets(), key.offsets(), **options)
+        elif torch.compiler.is_compiling():  # no host reads while tracing: pad to the longest sequence
+            out = padded_attention(attend, q, k, v, query.offsets(), key.offsets(), **options)
         else:
             out = packed_attention(attend, q, k, v, _lengths(query), _lengths(key), **options)
     # On the query's own offsets, so the result's ragged dim is the query's: (B, j, H, Ev) -> (B, H, j, Ev)
-    return torch.nested.nested_tensor_from_jagged(out, offsets=query.offsets()).transpose(1, 2)
+    return like(torch.nested.nested_tensor_from_jagged(out, offsets=query.offsets()).transpose(1, 2), original)
 
 
 def _lengths(t: torch.Tensor) -> list[int]:
@@ -185,6 +189,7 @@ def explain(
     assert kernels.Backend.TRITON in why.reasons
     ```
     """
+    query, key, value = (as_jagged(t) for t in (query, key, value))
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     enabled = enabled_backends()
     order = enabled or default_order(query.device.type)
@@ -221,13 +226,11 @@ def _detail(
     if backend is None:
         return ""
     if query.is_nested:
-        n = len(buckets(_lengths(query), _lengths(key)))
-        how = {
-            Backend.TORCH: "torch's dense SDPA",
-            Backend.MATH: "the reference attention",
-            Backend.TRITON: "the fused kernel",
-        }[backend]
-        return f"{how}, one call per group of equal lengths: {n} call(s) for {query.size(0)} sequences"
+        if backend is Backend.TRITON:
+            return f"the fused kernel's variable-length mode: one launch for {query.size(0)} sequences"
+        n = len(plan(tuple(_lengths(query)), tuple(_lengths(key)), is_causal, query.device).buckets)
+        how = "torch's dense SDPA" if backend is Backend.TORCH else "the reference attention"
+        return f"{how} on buckets of similar lengths: {n} call(s) for {query.size(0)} sequences"
     if backend is Backend.TORCH:
         try:  # a private torch function: if it moves, explain still answers
             choice = torch._fused_sdp_choice(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import triton as fused
-from ._nested import packed_attention
+from ._nested import packed_attention, padded_attention
 from ._validate import validate_varlen_args
 from .backends import Backend
 from .dispatch import DENSE, profiled, select
@@ -64,6 +64,6 @@ def varlen_attention(
     with profiled("varlen_attention", backend):
         if backend is Backend.TRITON:  # one launch over the packed tokens, offsets read on the device
             return fused.varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k, **options)
-        if lengths is None:  # traced: the per-length calls need the lengths on the host anyway
-            lengths = (cu_seqlens_q.diff().tolist(), cu_seqlens_k.diff().tolist())
+        if lengths is None:  # traced: no host reads, so pad to the longest sequence
+            return padded_attention(DENSE[backend], query, key, value, cu_seqlens_q, cu_seqlens_k, **options)
         return packed_attention(DENSE[backend], query, key, value, *lengths, **options)

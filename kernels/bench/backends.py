@@ -240,5 +240,3 @@ def main(argv: list[str] | None = None) -> list[Result]:
     print(table)
     print(f"\nwrote {json_path}" + (f" and {png_path}" if plotted else ""))
     return results
-
-

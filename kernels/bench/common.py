@@ -53,5 +53,3 @@ def torch_refusal(err: RuntimeError, device: torch.device) -> str:
     if "No viable backend" in reason and device.type == "cpu":
         return "torch has no CPU kernel for it (on CPU torch implements flash and math only)"
     return reason
-
-

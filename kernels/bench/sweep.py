@@ -19,7 +19,9 @@ import dataclasses
 import itertools
 import json
 import pathlib
+import statistics
 import sys
+import time
 from collections.abc import Callable
 
 import torch
@@ -50,8 +52,10 @@ class Point:
     causal: bool
     seq_len: int
     batch: int
-    ms: float | None = None
+    ms: float | None = None  # median over the rounds
     tflops: float | None = None
+    spread: float | None = None  # (slowest round - fastest round) / median
+    vs_best_torch: float | None = None  # this variant's time / the fastest torch kernel's, same shape
     skipped: str | None = None
 
 
@@ -71,45 +75,73 @@ def _call(step: str, q, k, v, causal: bool):
     return lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
 
 
-def measure(args: argparse.Namespace, variant: str, step: str, dtype: str, head_dim: int, causal: bool, seq_len: int):
+def measure_shape(args: argparse.Namespace, step: str, dtype: str, head_dim: int, causal: bool, seq_len: int):
+    """Every variant on one shape, interleaved: ``--rounds`` rounds, each timing every variant once in turn."""
     batch = max(1, args.tokens // seq_len)
-    point = Point(variant, step, dtype, head_dim, causal, seq_len, batch)
     shape = (batch, args.heads, seq_len, head_dim)  # (B, H, L, D)
     gen = torch.Generator(device=args.device).manual_seed(0)
     q, k, v = (
         torch.randn(shape, device=args.device, dtype=getattr(torch, dtype), generator=gen, requires_grad=step != "fwd")
         for _ in range(3)
     )
-    try:
-        with VARIANTS[variant]():
-            seconds = median_seconds(_call(step, q, k, v, causal), args.min_run_time)
-    except NoBackendAvailableError as err:
-        point.skipped = first_reasons(str(err))
-        return point
-    except RuntimeError as err:  # torch refusing one of its kernels for this input
-        point.skipped = torch_refusal(err, torch.device(args.device))
-        return point
+    points = {name: Point(name, step, dtype, head_dim, causal, seq_len, batch) for name in args.variants}
+    calls = {}
+    for name in args.variants:
+        try:
+            with VARIANTS[name]():
+                calls[name] = _call(step, q, k, v, causal)
+                calls[name]()  # feasibility (and the autotuner's choice) before any timing
+        except NoBackendAvailableError as err:
+            points[name].skipped = first_reasons(str(err))
+        except RuntimeError as err:  # torch refusing one of its kernels for this input
+            points[name].skipped = torch_refusal(err, torch.device(args.device))
+    rounds: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(args.rounds):
+        for name, call in calls.items():
+            with VARIANTS[name]():
+                rounds[name].append(median_seconds(call, args.min_run_time))
     flops = attention_flops(batch, args.heads, seq_len, seq_len, head_dim, causal) * PASS_FACTOR[step]
-    point.ms, point.tflops = seconds * 1e3, flops / seconds / 1e12
-    return point
+    for name, times in rounds.items():
+        seconds = statistics.median(times)
+        points[name].ms, points[name].tflops = seconds * 1e3, flops / seconds / 1e12
+        points[name].spread = (max(times) - min(times)) / seconds
+    torch_best = min((p.ms for p in points.values() if p.ms and p.variant.startswith("torch")), default=None)
+    for p in points.values():
+        if p.ms and torch_best:
+            p.vs_best_torch = p.ms / torch_best
+    return list(points.values())
 
 
-def run(args: argparse.Namespace) -> list[Point]:
-    grid = list(itertools.product(args.steps, args.dtypes, args.head_dims, (False, True), args.seq_lens, args.variants))
-    points = []
-    for step, dtype, head_dim, causal, seq_len, variant in tqdm(grid, desc="sweep", unit="point", file=sys.stderr):
-        points.append(measure(args, variant, step, dtype, head_dim, causal, seq_len))
+def run(args: argparse.Namespace, on_progress=None) -> list[Point]:
+    """Every shape of the grid; past ``--time-budget`` seconds the remaining shapes are listed as skipped.
+    ``on_progress(points)`` is called after each shape (the JSON is rewritten, so a killed run keeps its data)."""
+    grid = list(itertools.product(args.steps, args.dtypes, args.head_dims, (False, True), args.seq_lens))
+    points: list[Point] = []
+    started = time.monotonic()
+    for step, dtype, head_dim, causal, seq_len in tqdm(grid, desc="sweep", unit="shape", file=sys.stderr):
+        if args.time_budget and time.monotonic() - started > args.time_budget:
+            why = f"time budget spent (--time-budget {args.time_budget:g} s)"
+            batch = max(1, args.tokens // seq_len)
+            points += [Point(v, step, dtype, head_dim, causal, seq_len, batch, skipped=why) for v in args.variants]
+            continue
+        points += measure_shape(args, step, dtype, head_dim, causal, seq_len)
+        if on_progress is not None:
+            on_progress(points)
     return points
 
 
 def format_tables(points: list[Point], args: argparse.Namespace) -> str:
-    lines = [f"Attention kernels on {args.device}: TFLOP/s, {args.tokens} tokens per batch, {args.heads} heads"]
+    lines = [
+        f"Attention kernels on {args.device}: TFLOP/s (median of {args.rounds} interleaved round(s); +-spread), "
+        f"{args.tokens} tokens per batch, {args.heads} heads; 'x torch' = time / the fastest torch kernel's"
+    ]
     for step in args.steps:
         lines += [
             "",
             f"{step}:",
-            f"{'dtype':<9} {'D':>4} {'causal':>6} {'L':>6} " + "".join(f"{v:>17}" for v in args.variants),
-        ]
+            f"{'dtype':<9} {'D':>4} {'causal':>6} {'L':>6} " + "".join(f"{v:>19}" for v in args.variants)
+            + f"{'TRITON x torch':>16}",
+        ]  # fmt: skip
         keys = sorted({(p.dtype, p.head_dim, p.causal, p.seq_len) for p in points if p.step == step})
         for dtype, d, causal, length in keys:
             row = {
@@ -118,9 +150,11 @@ def format_tables(points: list[Point], args: argparse.Namespace) -> str:
                 if (p.step, p.dtype, p.head_dim, p.causal, p.seq_len) == (step, dtype, d, causal, length)
             }
             cells = "".join(
-                f"{row[v].tflops:>17.3f}" if row[v].tflops is not None else f"{'skipped':>17}" for v in args.variants
+                f"{row[v].tflops:>12.3f} +-{100 * row[v].spread:>3.0f}%" if row[v].tflops is not None else f"{'-':>19}"
+                for v in args.variants
             )
-            lines.append(f"{dtype:<9} {d:>4} {causal!s:>6} {length:>6} {cells}")
+            ratio = row.get("TRITON").vs_best_torch if "TRITON" in row else None
+            lines.append(f"{dtype:<9} {d:>4} {causal!s:>6} {length:>6} {cells}{ratio or '-':>16.4}")
     reasons = sorted({(p.variant, p.skipped) for p in points if p.skipped})
     if reasons:
         lines += ["", "skipped:"] + [f"  {variant}: {why}" for variant, why in reasons]
@@ -142,19 +176,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heads", type=int, default=16 if cuda else 2)
     parser.add_argument("--steps", nargs="+", default=list(PASS_FACTOR), choices=list(PASS_FACTOR))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--min-run-time", type=float, default=0.5 if cuda else 0.1)
+    parser.add_argument("--min-run-time", type=float, default=0.5 if cuda else 0.1, help="seconds per timing")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per shape (median and spread)")
+    parser.add_argument("--time-budget", type=float, default=0, help="stop measuring after this many seconds (0: none)")
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("bench-results"))
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> list[Point]:
     args = parse_args(argv)
-    points = run(args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = args.out_dir / "kernels_sweep.json", args.out_dir / "kernels_sweep.png"
     config = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()}
-    payload = {"config": config, "torch": torch.__version__, "points": [dataclasses.asdict(p) for p in points]}
-    json_path.write_text(json.dumps(payload, indent=2))
+    device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+
+    def write(points: list[Point]) -> None:
+        payload = {
+            "config": config,
+            "torch": torch.__version__,
+            "device": device,
+            "points": [dataclasses.asdict(p) for p in points],
+        }
+        json_path.write_text(json.dumps(payload, indent=2))
+
+    points = run(args, on_progress=write)
+    write(points)
     panels = {}
     for p in points:
         panel = f"{p.step}, {p.dtype}, D={p.head_dim}{', causal' if p.causal else ''}"

@@ -28,6 +28,7 @@ from .common import (
     _descriptor,
     _find_sequence,
     _load_rows,
+    _mask_tile,
     _row_bounds,
     _store_rows,
 )
@@ -74,10 +75,7 @@ def _dkdv_block(
         delta = tl.load(Delta + rows)
     if MASK_KIND != 0:  # rows clamped: those past L are masked by the band anyway
         tile = tl.load(mask_cols + (tl.minimum(rows, L - 1) if MASKED else rows)[None, :] * stride_mm)
-        if MASK_KIND == 1:
-            x = tl.where(tile != 0, x, float("-inf"))
-        else:
-            x = x + tile.to(tl.float32) * (LOG2E / qk_scale)
+        x = _mask_tile(x, tile, qk_scale, MASK_KIND)
     p = tl.math.exp2(x * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M); 0 where masked
     do = _load_rows(DO, do_desc, start_m, stride_dom, L, DV, BLOCK_M, BLOCK_DV, USE_TMA, MASKED, EVEN_D)
     dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
@@ -141,10 +139,7 @@ def attn_bwd_dkdv(
         h = h_kv * GROUP + g
         Qh = Q + b64 * stride_qb + h * stride_qh + q_start * stride_qm
         DOh = DO + b64 * stride_dob + h * stride_doh + q_start * stride_dom
-        if VARLEN:
-            row = h * TQ + q_start  # log-sum-exp and delta: (H, TQ)
-        else:
-            row = (b * H + h).to(tl.int64) * L  # (B * H, L)
+        row = h * TQ + q_start if VARLEN else (b * H + h).to(tl.int64) * L  # log-sum-exp, delta: (H, TQ) or (B*H, L)
         lse_h = Lse + row
         delta_h = Delta + row
         q_desc = _descriptor(Qh, L, D, stride_qm, BLOCK_M, BLOCK_D, USE_TMA)
@@ -195,10 +190,7 @@ def _dq_block(
         x = tl.where(_band(rows, cols, L, S, shift, left, right, HAS_LEFT, HAS_RIGHT), x, float("-inf"))
     if MASK_KIND != 0:
         tile = tl.load(mask_rows + (tl.minimum(cols, S - 1) if MASKED else cols)[None, :] * stride_mn)
-        if MASK_KIND == 1:
-            x = tl.where(tile != 0, x, float("-inf"))
-        else:
-            x = x + tile.to(tl.float32) * (LOG2E / qk_scale)
+        x = _mask_tile(x, tile, qk_scale, MASK_KIND)
     p = tl.math.exp2(x * qk_scale - lse[:, None])
     v = _load_rows(V, v_desc, start_n, stride_vn, S, DV, BLOCK_N, BLOCK_DV, USE_TMA, MASKED, EVEN_D)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
@@ -272,19 +264,22 @@ def attn_bwd_dq(
             dq = _dq_block(
                 dq, q, do, lse, delta, K, V, k_desc, v_desc, mask_rows, seed, start_n, rows, drop_base, L, S, D, DV,
                 qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
-                True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, BLOCK_N, BLOCK_D, BLOCK_DV,
+                True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION,
+                BLOCK_N, BLOCK_D, BLOCK_DV,
             )  # fmt: skip
     for start_n in range(mid_lo, mid_hi, BLOCK_N):
         dq = _dq_block(
             dq, q, do, lse, delta, K, V, k_desc, v_desc, mask_rows, seed, start_n, rows, drop_base, L, S, D, DV,
             qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
-            False, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, BLOCK_N, BLOCK_D, BLOCK_DV,
+            False, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION,
+            BLOCK_N, BLOCK_D, BLOCK_DV,
         )  # fmt: skip
     for start_n in range(mid_hi, hi, BLOCK_N):
         dq = _dq_block(
             dq, q, do, lse, delta, K, V, k_desc, v_desc, mask_rows, seed, start_n, rows, drop_base, L, S, D, DV,
             qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
-            True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, BLOCK_N, BLOCK_D, BLOCK_DV,
+            True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION,
+            BLOCK_N, BLOCK_D, BLOCK_DV,
         )  # fmt: skip
     dq_desc = _descriptor(DQ, L, D, stride_dqm, BLOCK_M, BLOCK_D, USE_TMA)
     _store_rows(DQ, dq_desc, m0, stride_dqm, L, D, (dq * sm_scale).to(DQ.dtype.element_ty), BLOCK_M, BLOCK_D, USE_TMA)

@@ -103,6 +103,15 @@ def _band(rows, cols, L, S, shift, left, right, HAS_LEFT: tl.constexpr, HAS_RIGH
 
 
 @triton.jit
+def _mask_tile(x, tile, qk_scale, MASK_KIND: tl.constexpr):
+    """A mask tile applied to scores ``x``: bool (nonzero = may attend) or additive (rescaled to the units of x)."""
+    if MASK_KIND == 1:
+        return tl.where(tile != 0, x, float("-inf"))
+    else:
+        return x + tile.to(tl.float32) * (LOG2E / qk_scale)
+
+
+@triton.jit
 def _dropout_keep(seed, row_ids, col_ids, row_stride, dropout_p):
     """Philox keep mask of a (rows, cols) tile; offset = row id * row stride + column id, unique per element
     (dense: rows of (B*H, L), stride S; variable length: rows (token, head), stride total keys)."""
@@ -138,7 +147,11 @@ def _store_rows(Base, desc, r0, stride, n_rows, D, value, BLOCK_R: tl.constexpr,
     else:
         rows = r0 + tl.arange(0, BLOCK_R)
         offs_d = tl.arange(0, BLOCK_D)
-        tl.store(Base + rows[:, None] * stride + offs_d[None, :], value, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D))
+        tl.store(
+            Base + rows[:, None] * stride + offs_d[None, :],
+            value,
+            mask=(rows[:, None] < n_rows) & (offs_d[None, :] < D),
+        )
 
 
 @triton.jit

@@ -1,12 +1,21 @@
 """Offline compile check of the fused kernels for sm_80 and sm_90, without a GPU: ``python -m kernels.compile_check``.
 
-Each kernel variant (causal, mask kind, dropout, dtype, head dim, tile config) is compiled with
-``triton.compile`` for a GPU target; ``ptxas -v`` (bundled with triton) reports its registers and spills.
-A variant fails when it does not compile, needs more shared memory than the architecture has, spills
-registers, or (for the kernels built on matrix products) uses neither ``mma`` (sm_80) nor ``wgmma`` (sm_90).
-The default is a covering set: every constexpr value and every head dim at least once, every autotune
-config for each kernel's main variant, both architectures. ``--full`` compiles the whole cross product
-(hours on 2 cores: for whoever changes the kernels). Exits non-zero when any variant fails.
+**It compiles what the GPU runs.** Each variant is a real call of the launchers (`kernels.triton.ops`) on example
+tensors laid out as a real call lays them out; the arguments are specialised by Triton's own JIT binder
+(``create_function_from_signature`` + ``JITFunction._pack_args``: unit strides become constants, 16-byte aligned
+pointers and integers divisible by 16 get ``tt.divisibility``) and compiled with ``triton.compile`` for the target.
+``tests/kernels/test_compile_check.py`` proves that this specialisation equals what the JIT computes at launch.
+
+For each variant it reports registers and spills (``ptxas -v``, bundled with triton), shared memory, CTAs per SM,
+whether ``wgmma`` and the tensor-memory copy (``cp.async.bulk.tensor``) are used, and the hot loop's
+warp-instructions per MFLOP (`kernels.triton.loop_profile`, from the SASS). A variant fails when it does not
+compile, exceeds the architecture's shared memory, spills, lacks matrix instructions (``wgmma`` for fp16/bf16 on
+sm_90), or, on the copy-engine path of sm_90, does not use the copy engine.
+
+The default is a covering set (every constexpr value and head-dim bucket at least once per kernel, every kept tile
+of the main variants, both architectures); ``--full`` compiles the cross product (hours on 2 cores);
+``--measure-tiles`` compiles every tile of every kernel, architecture, path, head-dim bucket and kind, and prints
+the `kernels.triton.tiles.SPILL_FREE` table those compiles support. Exits non-zero when a variant fails.
 
 It must run in a process without ``TRITON_INTERPRET`` (the kernels must be real ``JITFunction``s).
 """
@@ -18,6 +27,7 @@ import concurrent.futures
 import dataclasses
 import itertools
 import json
+import math
 import os
 import re
 import subprocess
@@ -25,71 +35,118 @@ import sys
 import tempfile
 
 SHARED_LIMIT = {80: 166_912, 90: 232_448}  # bytes of shared memory per block (TRITON-NOTES.md)
-DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
-HEAD_DIMS = (16, 64, 80, 128, 192, 256)
-MAIN = {"dtype": "float16", "head_dim": 64, "causal": False, "mask": 0, "dropout": False}
+SHARED_PER_SM = {80: 167_936, 90: 233_472}
+DTYPES = ("float16", "bfloat16", "float32")
+HEAD_DIMS = (16, 24, 64, 80, 128, 192, 256)
+KERNEL_NAMES = {
+    "fwd": "attn_fwd",
+    "bwd_dkdv": "attn_bwd_dkdv",
+    "bwd_dq": "attn_bwd_dq",
+    "bwd_pre": "attn_bwd_preprocess",
+}
+# The static-profile goals of the kernels issue, fp16, sm_90, no mask, no dropout, best kept tile.
+LOOP_GOALS = {("fwd", 128): 520, ("fwd", 64): 1050, ("bwd_dq", 128): 650, ("bwd_dkdv", 128): 650}
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    kernel: str
+    kernel: str  # "fwd", "bwd_dkdv", "bwd_dq", "bwd_pre"
     arch: int
-    dtype: str
-    head_dim: int
-    causal: bool
-    mask: int  # 0 none, 1 bool, 2 additive
-    dropout: bool
-    tile: tuple[int, int, int, int]  # BLOCK_M, BLOCK_N, num_warps, num_stages
-    varlen: bool = False  # packed sequences with cu_seqlens offsets
+    dtype: str = "float16"
+    head_dim: int = 128
+    causal: bool = False
+    mask: int = 0  # 0 none, 1 bool, 2 additive
+    dropout: bool = False
+    varlen: bool = False
+    window: bool = False  # a sliding window, bottom-right aligned
+    gqa: bool = False  # 4 query heads per key/value head
+    odd: bool = False  # lengths that are not multiples of 16
+    tma: bool = True  # the copy-engine path where the architecture has it; False: the pointer path
+    tile: tuple[int, int, int, int] = (0, 0, 0, 0)  # BLOCK_M, BLOCK_N, num_warps, num_stages
+
+    @property
+    def path(self) -> str:
+        return "tma" if self.tma and self.arch >= 90 else "ptr"
 
     def label(self) -> str:
-        flags = [f for f, on in (("varlen", self.varlen), ("causal", self.causal), ("dropout", self.dropout)) if on]
-        flags += [["", "bool mask", "additive mask"][self.mask]] if self.mask else []
+        names = ("varlen", "causal", "window", "dropout", "gqa", "odd")
+        flags = [f for f in names if getattr(self, f)] + (
+            [["", "bool mask", "add mask"][self.mask]] if self.mask else []
+        )
         m, n, w, s = self.tile
         return (
-            f"{self.kernel:<9} sm_{self.arch} {self.dtype:<8} d={self.head_dim:<3} {m}x{n} w{w} s{s} "
+            f"{self.kernel:<8} sm_{self.arch} {self.path:<3} {self.dtype:<8} d={self.head_dim:<3} {m}x{n} w{w} s{s} "
             f"{'+'.join(flags) or '-'}"
         )
 
 
-def _kernels():
-    from .triton_bwd import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
-    from .triton_fwd import attn_fwd
+def _example_launch(v: Variant):
+    """The launch a real call makes for this variant, on CPU example tensors (as a layer lays them out)."""
+    import torch
 
-    return {"fwd": attn_fwd, "bwd_dkdv": attn_bwd_dkdv, "bwd_dq": attn_bwd_dq, "bwd_pre": attn_bwd_preprocess}
+    from . import ops
+
+    dtype = getattr(torch, v.dtype)
+    B, H, D = 4, 16, v.head_dim
+    Hk = H // 4 if v.gqa else H
+    L, S = (1000, 1003) if v.odd else (1024, 1024)
+    gen = torch.Generator().manual_seed(0)
+    seed = torch.zeros(1, dtype=torch.int64) if v.dropout else None
+    if v.varlen:
+        lengths = [300, 1024, 17, 683]
+        cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+        q = torch.randn(cu[-1].item(), H, D, generator=gen).to(dtype)  # (T, H, D)
+        k, v_ = (torch.randn(cu[-1].item(), Hk, D, generator=gen).to(dtype) for _ in range(2))
+        layout, mask = ops._Layout(q, k, cu, cu), None
+    else:  # projections split into heads: (B, L, H, D) viewed as (B, H, L, D)
+        q = torch.randn(B, L, H, D, generator=gen).to(dtype).transpose(1, 2)
+        k, v_ = (torch.randn(B, S, Hk, D, generator=gen).to(dtype).transpose(1, 2) for _ in range(2))
+        layout = ops._Layout(q, k)
+        mask = None
+        if v.mask == 1:
+            mask = torch.rand(L, S, generator=gen) > 0.5
+        elif v.mask == 2:
+            mask = torch.randn(L, S, generator=gen).to(dtype)
+    left, right = (255, 0) if v.window else (-1, 0 if v.causal else -1)
+    options = (0.1 if v.dropout else 0.0, 1 / math.sqrt(D), left, right, v.window, v.dtype == "float32", layout)
+    tma = v.tma and v.arch >= 90
+    if v.kernel == "fwd":
+        return ops.forward_launch(q, k, v_, mask, seed, *options, tma=tma)[0]
+    out, lse = ops.forward_launch(q, k, v_, mask, seed, *options, tma=tma)[1:]
+    grad = torch.randn(out.shape, generator=gen).to(dtype)
+    launches = ops.backward_launches(grad, q, k, v_, mask, seed, out, lse, *options, tma=tma)[0]
+    return {launch.kernel: launch for launch in launches}[KERNEL_NAMES[v.kernel]]
 
 
-def _signature(fn, v: Variant, constexprs: dict) -> dict[str, str]:
-    data = "*" + DTYPES[v.dtype]
-    pointers = {
-        "Lse": "*fp32", "Delta": "*fp32", "Seed": "*i64", "Mask": "*u8" if v.mask == 1 else data,
-        "CuQ": "*i32", "CuK": "*i32",
-    }  # fmt: skip
-    floats = {"sm_scale", "dropout_p"}
-    signature = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name in pointers:
-            signature[name] = pointers[name]
-        elif name[0].isupper() and name not in ("H", "GROUP", "L", "S", "D", "DV", "TQ", "TK"):
-            signature[name] = data
-        else:
-            signature[name] = "fp32" if name in floats else "i32"
-    return signature
+def jit_specialisation(fn, args: tuple, kwargs: dict, arch: int):
+    """``(options, signature, constexprs, attrs)`` as Triton's JIT computes them for a launch on ``sm_<arch>``."""
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    kwargs = {**kwargs, "debug": kwargs.get("debug", fn.debug) or knobs.runtime.debug}
+    kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode  # as JITFunction.run sets them
+    if hasattr(knobs.compilation, "fpsan_homomorphic_casts"):  # triton 3.9
+        kwargs["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound, specialisation, options = binder(*args, **kwargs)
+    return fn._pack_args(backend, kwargs, bound, specialisation, options)
 
 
-def _constexprs(v: Variant) -> dict:
-    from .triton_ops import PREPROCESS_BLOCK, _block
+def variant_call(v: Variant):
+    """``(JITFunction, args, kwargs)`` of the variant's launch, the tile's meta-parameters included."""
+    from . import ops
 
-    block_m, block_n, _, _ = v.tile
-    if v.kernel == "bwd_pre":
-        return {"BLOCK_M": PREPROCESS_BLOCK, "BLOCK_DV": _block(v.head_dim)}
-    return {
-        "IS_CAUSAL": v.causal, "MASK_KIND": v.mask, "HAS_DROPOUT": v.dropout, "ALLOW_TF32": v.dtype == "float32",
-        "VARLEN": v.varlen,
-        "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": _block(v.head_dim), "BLOCK_DV": _block(v.head_dim),
-    }  # fmt: skip
+    launch = _example_launch(v)
+    fn = ops.KERNELS[launch.kernel]
+    fn = getattr(fn, "fn", fn)  # the JITFunction behind the autotuner
+    m, n, w, s = v.tile
+    kwargs = dict(launch.kwargs)
+    if v.kernel != "bwd_pre":
+        kwargs.update(BLOCK_M=m, BLOCK_N=n)
+    return fn, launch.args, {**kwargs, "num_warps": w, "num_stages": s}
 
 
 def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
@@ -112,107 +169,223 @@ def _ptxas_report(ptx: str, arch: int) -> tuple[int, int]:
     return regs, spills
 
 
+def ctas_per_sm(arch: int, registers: int, shared: int, num_warps: int) -> int:
+    """Programs resident per SM, limited by registers (allocated per warp in units of 256), shared memory, threads."""
+    per_warp = math.ceil(registers * 32 / 256) * 256
+    by_regs = 65_536 // (per_warp * num_warps) if registers > 0 else 32
+    by_shared = SHARED_PER_SM[arch] // shared if shared else 32
+    return max(0, min(by_regs, by_shared, 2048 // (32 * num_warps), 32))
+
+
 def compile_variant(v: Variant) -> dict:
-    """Compile one variant; returns its report (``ok`` False with the reason when it fails)."""
+    """Compile one variant as the JIT would; its report, with ``ok`` False and the reasons where it fails."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    fn = _kernels()[v.kernel]
-    constexprs = _constexprs(v)
-    report = {"variant": v.label(), **dataclasses.asdict(v)}
+    from .loop_profile import disassemble, warp_instructions_per_mflop
+
+    m, n, w, s = v.tile
+    report = {
+        "variant": v.label(), **{k: val for k, val in dataclasses.asdict(v).items() if k not in ("tile", "tma")},
+        "path": v.path, "block_m": m, "block_n": n, "num_warps": w, "num_stages": s,
+    }  # fmt: skip
+    fn, args, kwargs = variant_call(v)
     try:
+        options, signature, constexprs, attrs = jit_specialisation(fn, args, kwargs, v.arch)
         compiled = triton.compile(
-            ASTSource(fn, _signature(fn, v, constexprs), constexprs),
-            target=GPUTarget("cuda", v.arch, 32),
-            options={"num_warps": v.tile[2], "num_stages": v.tile[3]},
+            ASTSource(fn, signature, constexprs, attrs), target=GPUTarget("cuda", v.arch, 32), options=options.__dict__
         )
     except Exception as err:  # a compile error is this check's finding, reported rather than raised
         return {**report, "ok": False, "why": f"does not compile: {str(err).splitlines()[-1][:200]}"}
     ptx = compiled.asm["ptx"]
     regs, spills = _ptxas_report(ptx, v.arch)
-    mma = "wgmma" if "wgmma.mma_async" in ptx else "mma" if "mma.sync" in ptx else "none"
-    report.update(shared=compiled.metadata.shared, registers=regs, spills=spills, mma=mma)
+    wgmma, mma = "wgmma.mma_async" in ptx, "mma.sync" in ptx
+    instructions, per_mflop = warp_instructions_per_mflop(
+        disassemble(compiled.asm["cubin"]), v.kernel, m, n, v.head_dim, w
+    )
+    report.update(
+        registers=regs, spill_bytes=spills, shared_bytes=compiled.metadata.shared,
+        ctas_per_sm=ctas_per_sm(v.arch, regs, compiled.metadata.shared, w), wgmma=wgmma,
+        tma="cp.async.bulk.tensor" in ptx, loop_instructions=instructions,
+        loop_warp_instructions_per_mflop=None if per_mflop is None else round(per_mflop, 1),
+    )  # fmt: skip
     problems = []
-    if report["shared"] > SHARED_LIMIT[v.arch]:
-        problems.append(f"shared memory {report['shared']} B > {SHARED_LIMIT[v.arch]} B")
+    if report["shared_bytes"] > SHARED_LIMIT[v.arch]:
+        problems.append(f"shared memory {report['shared_bytes']} B > {SHARED_LIMIT[v.arch]} B")
     if spills:
         problems.append(f"spills {spills} B")
-    if mma == "none" and v.kernel != "bwd_pre":
-        problems.append("no mma/wgmma instructions")
+    if v.kernel != "bwd_pre":
+        if not (wgmma or mma):
+            problems.append("no mma/wgmma instructions")
+        elif v.arch >= 90 and v.dtype != "float32" and not wgmma:
+            problems.append("no wgmma on sm_90")
+        if v.path == "tma" and not report["tma"]:
+            problems.append("the copy-engine path does not use cp.async.bulk.tensor")
     return {**report, "ok": not problems, "why": "; ".join(problems)}
 
 
+def kept(v: Variant) -> list[tuple[int, int, int, int]]:
+    """The tiles the autotuner keeps for this variant on its architecture (the prune rule)."""
+    from .tiles import block_dim, kept_tiles, kind_of
+
+    if v.kernel == "bwd_pre":
+        return [(0, 0, 4, 1)]
+    import torch
+
+    return kept_tiles(
+        KERNEL_NAMES[v.kernel], v.arch, v.path == "tma", block_dim(v.head_dim),
+        kind_of(getattr(torch, v.dtype), v.mask, v.dropout),
+    )  # fmt: skip
+
+
+# The covering set: each change from the main variant (fp16, d=128, no mask, dense, aligned) turns on several
+# constexpr values or argument shapes at once; together they reach every value and head-dim bucket.
+COVERING = [
+    {"head_dim": 64},
+    {"causal": True},
+    {"mask": 1, "dropout": True, "causal": True},
+    {"mask": 2, "window": True},
+    {"dtype": "bfloat16", "head_dim": 192, "causal": True},
+    {"dtype": "float32", "head_dim": 80, "gqa": True},
+    {"varlen": True, "causal": True, "dropout": True, "head_dim": 64},
+    {"varlen": True, "gqa": True, "window": True},
+    {"head_dim": 16, "odd": True, "tma": False},
+    {"head_dim": 24, "odd": True},
+    {"head_dim": 256, "dtype": "bfloat16", "mask": 1},
+]
+
+
 def variants(full: bool, archs: tuple[int, ...]) -> list[Variant]:
-    from .triton_ops import CONFIGS, _block, prune_for
-
-    def tiles(kernel: str, varlen: bool = False, **flags) -> list[tuple[int, int, int, int]]:
-        """The configs the autotuner keeps for this variant (after the prune rule)."""
-        import triton
-
-        block = _block(flags["head_dim"])
-        candidates = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in CONFIGS]
-        import torch
-
-        args = {"BLOCK_D": block, "BLOCK_DV": block, "HAS_DROPOUT": flags["dropout"], "MASK_KIND": flags["mask"],
-                "VARLEN": varlen, "Q": torch.empty(0, dtype=getattr(torch, flags["dtype"]))}  # fmt: skip
-        name = {"fwd": "attn_fwd", "bwd_dkdv": "attn_bwd_dkdv", "bwd_dq": "attn_bwd_dq"}[kernel]
-        kept = prune_for(name)(candidates, args)
-        return [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in kept]
-
     out = []
     for arch in archs:
-        for dtype in DTYPES:
-            out.append(Variant("bwd_pre", arch, dtype, 64, False, 0, False, (32, 32, 4, 1)))
+        out += [Variant("bwd_pre", arch, dtype, tile=(0, 0, 4, 1)) for dtype in DTYPES]
         for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
             if full:
-                grid = itertools.product(DTYPES, HEAD_DIMS, (False, True), (0, 1, 2), (False, True))
-                combos = [dict(zip(("dtype", "head_dim", "causal", "mask", "dropout"), c, strict=True)) for c in grid]
-                for flags in combos:
-                    out += [Variant(kernel, arch, tile=t, **flags) for t in tiles(kernel, **flags)]
+                grid = itertools.product(DTYPES, HEAD_DIMS, (False, True), (0, 1, 2), (False, True), (False, True))
+                names = ("dtype", "head_dim", "causal", "mask", "dropout", "varlen")
+                for values in grid:
+                    flags = dict(zip(names, values, strict=True))
+                    if flags["varlen"] and flags["mask"]:
+                        continue  # the variable-length mode takes no mask
+                    base = Variant(kernel, arch, **flags)
+                    out += [dataclasses.replace(base, tile=t) for t in kept(base)]
                 continue
-            out += [Variant(kernel, arch, tile=t, **MAIN) for t in tiles(kernel, **MAIN)]  # every config
-            others = [{"causal": True}, {"mask": 1}, {"mask": 2}, {"dropout": True, "mask": 1, "causal": True},
-                      {"dtype": "bfloat16", "head_dim": 128}, {"dtype": "float32"}]  # fmt: skip
-            others += [{"head_dim": d} for d in HEAD_DIMS if d != MAIN["head_dim"]]
-            others += [
-                {"head_dim": 256, "mask": 1, "dropout": True},
-                {"head_dim": 256, "dtype": "bfloat16", "causal": True},
-            ]
-            for change in others:
-                flags = {**MAIN, **change}
-                out.append(Variant(kernel, arch, tile=tiles(kernel, **flags)[0], **flags))
-            for change in ({}, {"causal": True, "dropout": True}, {"head_dim": 128, "dtype": "bfloat16"}):
-                flags = {**MAIN, **change}  # the variable-length mode: no mask, offsets from cu_seqlens
-                out += [Variant(kernel, arch, tile=t, varlen=True, **flags) for t in tiles(kernel, True, **flags)[:1]]
-    return out
+            for main in (Variant(kernel, arch), Variant(kernel, arch, head_dim=64)):
+                out += [dataclasses.replace(main, tile=t) for t in kept(main)]  # every kept tile
+            for change in COVERING[1:]:
+                base = Variant(kernel, arch, **change)
+                out.append(dataclasses.replace(base, tile=kept(base)[0]))
+    return list(dict.fromkeys(out))
+
+
+def measure_tiles(archs: tuple[int, ...], jobs: int) -> dict:
+    """Compile every tile of every kernel for each (arch, path, head-dim bucket, kind); the spill-free ones."""
+    from .tiles import CONFIGS
+
+    kinds = {"plain": {}, "tile": {"mask": 1, "dropout": True, "causal": True}, "fp32": {"dtype": "float32"}}
+    todo = []
+    for arch, kernel, bucket, flags in itertools.product(archs, KERNEL_NAMES, (64, 128, 256), kinds.values()):
+        if kernel == "bwd_pre":
+            continue
+        for tma in (True, False) if arch >= 90 else (False,):
+            for tile in CONFIGS[KERNEL_NAMES[kernel]]:
+                todo.append(Variant(kernel, arch, head_dim=bucket, tma=tma, tile=tile, **flags))
+    reports = _compile_all(todo, jobs)
+    table: dict = {}
+    for v, r in zip(todo, reports, strict=True):
+        kind = "fp32" if v.dtype == "float32" else ("tile" if v.mask else "plain")
+        row = table.setdefault(KERNEL_NAMES[v.kernel], {}).setdefault((v.arch, v.path, v.head_dim, kind), [])
+        if r["ok"]:
+            row.append(v.tile)
+    return table
+
+
+def _compile_all(todo: list[Variant], jobs: int) -> list[dict]:
+    with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
+        done = pool.map(compile_variant, todo)
+        try:  # a progress bar where tqdm is installed (the examples' extra; the GPU image has it)
+            from tqdm import tqdm
+
+            done = tqdm(done, total=len(todo), desc="compiling", unit="variant", file=sys.stderr)
+        except ImportError:
+            pass
+        return list(done)
+
+
+def format_report(reports: list[dict]) -> str:
+    lines = [f"{'variant':<70} {'shared B':>9} {'regs':>5} {'spill':>5} {'CTA/SM':>6} {'wgmma':>5} {'tma':>4} "
+             f"{'loop':>5} {'instr/MFLOP':>11}  result"]  # fmt: skip
+    for r in reports:
+        if "registers" not in r:
+            lines.append(f"{r['variant']:<70} FAIL: {r['why']}")
+            continue
+        per = r["loop_warp_instructions_per_mflop"]
+        lines.append(
+            f"{r['variant']:<70} {r['shared_bytes']:>9} {r['registers']:>5} {r['spill_bytes']:>5} "
+            f"{r['ctas_per_sm']:>6} {'yes' if r['wgmma'] else '-':>5} {'yes' if r['tma'] else '-':>4} "
+            f"{r['loop_instructions'] or '-':>5} {per if per is not None else '-':>11}  "
+            f"{'ok' if r['ok'] else 'FAIL: ' + r['why']}"
+        )
+    return "\n".join(lines)
+
+
+def goals(reports: list[dict]) -> list[str]:
+    """The loop-profile goals against the best kept tile of each main sm_90 variant (lines for the summary)."""
+    lines = []
+    for (kernel, head_dim), goal in LOOP_GOALS.items():
+        for causal in (False, True) if kernel == "fwd" else (False,):
+            best = next(
+                (r for r in reports if r["kernel"] == kernel and r["arch"] == 90 and r["head_dim"] == head_dim
+                 and r["dtype"] == "float16" and r["causal"] == causal and not r["mask"] and not r["dropout"]
+                 and not r["varlen"] and not r["window"] and not r["gqa"] and not r["odd"] and r["path"] == "tma"
+                 and "registers" in r),
+                None,
+            )  # fmt: skip
+            if best is None:
+                continue
+            value = best["loop_warp_instructions_per_mflop"]
+            verdict = "met" if value is not None and value <= goal else "NOT met"
+            lines.append(
+                f"{kernel} d={head_dim}{' causal' if causal else ''} {best['block_m']}x{best['block_n']}: "
+                f"{value} warp-instructions/MFLOP (goal <= {goal}: {verdict})"
+            )
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kernels.compile_check", description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the whole cross product (hours)")
+    parser.add_argument("--measure-tiles", action="store_true", help="compile every tile; print the SPILL_FREE table")
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--json", help="write the reports to this file")
+    parser.add_argument("--json", help="write one record per compiled variant to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences triton 3.9's notice about the default
     if os.environ.get("TRITON_INTERPRET") == "1":
         print("kernels.compile_check needs real kernels: run it without TRITON_INTERPRET=1", file=sys.stderr)
         return 2
+    import triton
+
+    if args.measure_tiles:
+        table = measure_tiles(tuple(args.arch), args.jobs)
+        for kernel, rows in table.items():
+            print(f"    {kernel!r}: {{")
+            for key, tiles in sorted(rows.items()):
+                print(f"        {key!r}: {tiles!r},")
+            print("    },")
+        return 0
     todo = variants(args.full, tuple(args.arch))
-    print(f"compiling {len(todo)} kernel variants for {', '.join(f'sm_{a}' for a in args.arch)} ({args.jobs} jobs)")
-    with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
-        reports = list(pool.map(compile_variant, todo))
-    print(f"\n{'variant':<62} {'shared B':>9} {'regs':>5} {'spills':>7} {'mma':>6}  result")
-    for r in reports:
-        numbers = (
-            f"{r.get('shared', '-'):>9} {r.get('registers', '-'):>5} {r.get('spills', '-'):>7} {r.get('mma', '-'):>6}"
-        )
-        print(f"{r['variant']:<62} {numbers}  {'ok' if r['ok'] else 'FAIL: ' + r['why']}")
+    print(f"triton {triton.__version__}: compiling {len(todo)} kernel variants for "
+          f"{', '.join(f'sm_{a}' for a in args.arch)} as the JIT compiles them ({args.jobs} jobs)")  # fmt: skip
+    reports = _compile_all(todo, args.jobs)
+    print(format_report(reports))
     failed = [r for r in reports if not r["ok"]]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(reports, f, indent=2)
+    print("\nhot-loop profile (a static proxy, not a speed claim):")
+    print("\n".join("  " + line for line in goals(reports)) or "  no sm_90 main variant compiled")
     print(f"\n{len(reports) - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 

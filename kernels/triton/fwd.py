@@ -26,7 +26,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LOG2E, _band, _col_bounds, _descriptor, _find_sequence, _load_rows, _store_rows
+from .common import LOG2E, _band, _col_bounds, _descriptor, _find_sequence, _load_rows, _mask_tile, _store_rows
 
 
 @triton.jit
@@ -45,10 +45,7 @@ def _fwd_block(
         x = tl.where(_band(rows, cols, L, S, shift, left, right, HAS_LEFT, HAS_RIGHT), x, float("-inf"))
     if MASK_KIND != 0:  # columns clamped: those past S are masked by the band anyway
         tile = tl.load(mask_rows + (tl.minimum(cols, S - 1) if MASKED else cols)[None, :] * stride_mn)
-        if MASK_KIND == 1:  # bool: nonzero = may attend
-            x = tl.where(tile != 0, x, float("-inf"))
-        else:  # additive, in the units of x
-            x = x + tile.to(tl.float32) * (LOG2E / qk_scale)
+        x = _mask_tile(x, tile, qk_scale, MASK_KIND)
     m_new = tl.maximum(m_i, tl.max(x, 1) * qk_scale)
     if MASKED or MASK_KIND != 0:  # a row may have seen nothing yet: no inf - inf
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -125,19 +122,22 @@ def attn_fwd(
             acc, l_i, m_i = _fwd_block(
                 acc, l_i, m_i, q, K, V, k_desc, v_desc, mask_rows, seed, start_n, rows, drop_base, L, S, D, DV,
                 qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
-                True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, BLOCK_N, BLOCK_D, BLOCK_DV,
+                True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION,
+                BLOCK_N, BLOCK_D, BLOCK_DV,
             )  # fmt: skip
     for start_n in range(mid_lo, mid_hi, BLOCK_N):  # whole blocks: no mask
         acc, l_i, m_i = _fwd_block(
             acc, l_i, m_i, q, K, V, k_desc, v_desc, mask_rows, seed, start_n, rows, drop_base, L, S, D, DV,
             qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
-            False, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, BLOCK_N, BLOCK_D, BLOCK_DV,
+            False, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION,
+            BLOCK_N, BLOCK_D, BLOCK_DV,
         )  # fmt: skip
     for start_n in range(mid_hi, hi, BLOCK_N):  # the diagonal, the right edge, the last partial block
         acc, l_i, m_i = _fwd_block(
             acc, l_i, m_i, q, K, V, k_desc, v_desc, mask_rows, seed, start_n, rows, drop_base, L, S, D, DV,
             qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
-            True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, BLOCK_N, BLOCK_D, BLOCK_DV,
+            True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION,
+            BLOCK_N, BLOCK_D, BLOCK_DV,
         )  # fmt: skip
 
     empty = l_i == 0.0
@@ -146,4 +146,3 @@ def attn_fwd(
     o_desc = _descriptor(Out, L, DV, stride_om, BLOCK_M, BLOCK_DV, USE_TMA)
     _store_rows(Out, o_desc, m0, stride_om, L, DV, out.to(Out.dtype.element_ty), BLOCK_M, BLOCK_DV, USE_TMA)
     tl.store(Lse + lse_row + rows, lse, mask=rows < L)
-

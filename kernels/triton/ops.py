@@ -16,7 +16,9 @@ top-left causal is ``(-1, 0)``; ``lower_right`` aligns the diagonal to the botto
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 
 import torch
 import triton
@@ -127,61 +129,102 @@ def _constexprs(q, v, mask_kind, dropout_p, left, right, lower_right, allow_tf32
     return {
         "HAS_LEFT": left >= 0, "HAS_RIGHT": right >= 0, "LOWER_RIGHT": bool(lower_right), "MASK_KIND": mask_kind,
         "HAS_DROPOUT": dropout_p > 0, "PRECISION": "tf32" if allow_tf32 else "ieee", "VARLEN": layout.varlen,
-        "USE_TMA": tma, "EVEN_D": D == block_dim(D) and DV == block_dim(DV),
+        "USE_TMA": tma, "EVEN_D": block_dim(D) == D and block_dim(DV) == DV,
         "BLOCK_D": block_dim(D), "BLOCK_DV": block_dim(DV),
     }  # fmt: skip
 
 
-def _forward(q, k, v, mask, seed, dropout_p, scale, left, right, lower_right, allow_tf32, layout: _Layout):
+@dataclasses.dataclass
+class Launch:
+    """One kernel launch as the launchers make it: the offline compile check compiles exactly these arguments."""
+
+    kernel: str  # a key of KERNELS
+    grid: Callable[[dict], tuple[int, ...]]
+    args: tuple
+    kwargs: dict
+
+
+KERNELS = {
+    "attn_fwd": attn_fwd_tuned,
+    "attn_bwd_preprocess": attn_bwd_preprocess,
+    "attn_bwd_dkdv": attn_bwd_dkdv_tuned,
+    "attn_bwd_dq": attn_bwd_dq_tuned,
+}
+
+
+def _run(launch: Launch) -> None:
+    if launch.kwargs.get("USE_TMA"):
+        _ensure_allocator(launch.args[0].device)
+    KERNELS[launch.kernel][launch.grid](*launch.args, **launch.kwargs)
+
+
+def forward_launch(q, k, v, mask, seed, dropout_p, scale, left, right, lower_right, allow_tf32, layout, tma=None):
+    """The forward launch and its outputs ``(launch, out, lse)``; ``tma=None`` decides the path (`use_tma`)."""
     q, k, v = (contiguous_last(t) for t in (q, k, v))
     D, DV = q.size(-1), v.size(-1)
     out = q.new_empty(*q.shape[:-1], DV)
     lse = torch.empty(layout.lse_shape(), device=q.device, dtype=torch.float32)
     mask_t, mask_strides, mask_kind = _mask_args(mask, q, layout.S)
-    tma = use_tma(q, k, v, out)
-    if tma:
-        _ensure_allocator(q.device)
+    tma = use_tma(q, k, v, out) if tma is None else tma
     consts = _constexprs(q, v, mask_kind, dropout_p, left, right, lower_right, allow_tf32, layout, tma)
-    H = layout.heads
-    attn_fwd_tuned[lambda meta: (layout.grid(meta["BLOCK_M"]), (1 if layout.varlen else layout.batch) * H)](
+    bh = (1 if layout.varlen else layout.batch) * layout.heads
+    args = (
         q, k, v, mask_t, out, lse, seed, layout.cu_q, layout.cu_k,
         *layout.strides(q), *layout.strides(k), *layout.strides(v), *mask_strides, *layout.strides(out),
-        *layout.scalars(D, DV, scale, dropout_p, left, right), **consts,
+        *layout.scalars(D, DV, scale, dropout_p, left, right),
     )  # fmt: skip
-    return out, lse
+    return Launch("attn_fwd", lambda meta: (layout.grid(meta["BLOCK_M"]), bh), args, consts), out, lse
 
 
-def _backward(grad_out, q, k, v, mask, seed, out, lse, dropout_p, scale, left, right, lower_right, allow_tf32, layout):
+def backward_launches(
+    grad_out, q, k, v, mask, seed, out, lse, dropout_p, scale, left, right, lower_right, allow_tf32, layout, tma=None
+):  # fmt: skip
+    """The backward's three launches (preprocess, dK/dV, dQ) and the gradients they fill ``(launches, dq, dk, dv)``."""
     grad_out, q, k, v, out = (contiguous_last(t) for t in (grad_out, q, k, v, out))
     D, DV = q.size(-1), v.size(-1)
     H, Hk = layout.heads, layout.kv_heads
     mask_t, mask_strides, mask_kind = _mask_args(mask, q, layout.S)
     # delta = rowsum(dO * O), laid out like the log-sum-exp: packed tensors are one "batch" of TQ rows.
     rows = layout.TQ if layout.varlen else layout.L
-    pre_batch = 1 if layout.varlen else layout.batch
+    bh = 1 if layout.varlen else layout.batch
     delta = torch.empty(layout.lse_shape(), device=q.device, dtype=torch.float32)
-    attn_bwd_preprocess[(triton.cdiv(rows, PREPROCESS_BLOCK), pre_batch * H)](
-        out, grad_out, delta, *layout.strides(out), *layout.strides(grad_out), H, rows, DV,
-        BLOCK_M=PREPROCESS_BLOCK, BLOCK_DV=block_dim(DV),
+    pre = Launch(
+        "attn_bwd_preprocess", (triton.cdiv(rows, PREPROCESS_BLOCK), bh * H),
+        (out, grad_out, delta, *layout.strides(out), *layout.strides(grad_out), H, rows, DV),
+        {"BLOCK_M": PREPROCESS_BLOCK, "BLOCK_DV": block_dim(DV)},
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    tma = use_tma(q, k, v, grad_out, dq, dk, dv)
-    if tma:
-        _ensure_allocator(q.device)
+    tma = use_tma(q, k, v, grad_out, dq, dk, dv) if tma is None else tma
     consts = _constexprs(q, v, mask_kind, dropout_p, left, right, lower_right, allow_tf32, layout, tma)
     common = (
         *layout.strides(q), *layout.strides(k), *layout.strides(v), *mask_strides, *layout.strides(grad_out)
     )  # fmt: skip
     scalars = layout.scalars(D, DV, scale, dropout_p, left, right)
     offsets = (layout.cu_q, layout.cu_k)
-    bh = 1 if layout.varlen else layout.batch
-    attn_bwd_dkdv_tuned[lambda meta: (layout.grid(meta["BLOCK_N"], keys=True), bh * Hk)](
-        q, k, v, mask_t, grad_out, lse, delta, dk, dv, seed, *offsets, *common,
-        *layout.strides(dk), *layout.strides(dv), *scalars, **consts,
+    dkdv = Launch(
+        "attn_bwd_dkdv", lambda meta: (layout.grid(meta["BLOCK_N"], keys=True), bh * Hk),
+        (q, k, v, mask_t, grad_out, lse, delta, dk, dv, seed, *offsets, *common, *layout.strides(dk),
+         *layout.strides(dv), *scalars),
+        consts,
     )  # fmt: skip
-    attn_bwd_dq_tuned[lambda meta: (layout.grid(meta["BLOCK_M"]), bh * H)](
-        q, k, v, mask_t, grad_out, lse, delta, dq, seed, *offsets, *common, *layout.strides(dq), *scalars, **consts
-    )
+    dq_launch = Launch(
+        "attn_bwd_dq", lambda meta: (layout.grid(meta["BLOCK_M"]), bh * H),
+        (q, k, v, mask_t, grad_out, lse, delta, dq, seed, *offsets, *common, *layout.strides(dq), *scalars),
+        consts,
+    )  # fmt: skip
+    return [pre, dkdv, dq_launch], dq, dk, dv
+
+
+def _forward(*args) -> tuple[torch.Tensor, torch.Tensor]:
+    launch, out, lse = forward_launch(*args)
+    _run(launch)
+    return out, lse
+
+
+def _backward(*args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    launches, dq, dk, dv = backward_launches(*args)
+    for launch in launches:
+        _run(launch)
     return dq, dk, dv
 
 
@@ -380,7 +423,15 @@ def _scalar_options(
     left, right = window
     if is_causal:
         right = 0 if right < 0 else min(right, 0)
-    return seed, float(dropout_p), scale, int(left), int(right), bool(lower_right), torch.backends.cuda.matmul.allow_tf32
+    return (
+        seed,
+        float(dropout_p),
+        scale,
+        int(left),
+        int(right),
+        bool(lower_right),
+        torch.backends.cuda.matmul.allow_tf32,
+    )
 
 
 def _as_4d(t: torch.Tensor) -> torch.Tensor:

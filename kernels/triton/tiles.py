@@ -81,6 +81,7 @@ def kept_tiles(kernel: str, arch: int, use_tma: bool, block_d: int, kind: str) -
 
 
 _forced: dict[str, Tile] = {}
+_tuners: dict[str, triton.runtime.Autotuner] = {}
 
 
 @contextlib.contextmanager
@@ -91,6 +92,7 @@ def forced(kernel: str, tile: Tile) -> Iterator[None]:
         raise ValueError(f"{tile} is not in CONFIGS[{kernel!r}]; choose one of {CONFIGS[kernel]}")
     previous = _forced.get(kernel)
     _forced[kernel] = tile
+    _tuners[kernel].cache.clear()  # the autotuner remembers its choice per key: forget it on entry and exit
     try:
         yield
     finally:
@@ -98,6 +100,7 @@ def forced(kernel: str, tile: Tile) -> Iterator[None]:
             _forced.pop(kernel, None)
         else:
             _forced[kernel] = previous
+        _tuners[kernel].cache.clear()
 
 
 def _tile(config: triton.Config) -> Tile:
@@ -132,7 +135,8 @@ def prune_for(kernel: str):
 
 def tuned(kernel):
     """``kernel`` behind an autotuner over its tile list, pruned per variant, results cached on disk."""
-    name = kernel.__name__ if hasattr(kernel, "__name__") else kernel.fn.__name__
-    return triton.autotune(
+    name = kernel.__name__
+    _tuners[name] = triton.autotune(
         configs(name), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": prune_for(name)}, cache_results=True
     )(kernel)
+    return _tuners[name]

@@ -132,10 +132,16 @@ def test_explain_under_sdpa_kernel():
 
 
 def test_explain_nested_counts_calls():
+    """Short sequences share one padded call; a long one gets its own (the padding would cost more than a call)."""
     x = torch.nested.nested_tensor([torch.randn(n, 2, 8) for n in (3, 5, 3, 3)], layout=torch.jagged)
     x = x.transpose(1, 2)
     why = kernels.explain(x, x, x, is_causal=True)
-    assert why.detail == "torch's dense SDPA, one call per group of equal lengths: 2 call(s) for 4 sequences"
+    assert why.detail == "torch's dense SDPA on buckets of similar lengths: 1 call(s) for 4 sequences"
+    y = torch.nested.nested_tensor([torch.randn(n, 2, 8) for n in (3, 200, 3, 3)], layout=torch.jagged)
+    y = y.transpose(1, 2)
+    assert (
+        kernels.explain(y, y, y).detail == "torch's dense SDPA on buckets of similar lengths: 2 call(s) for 4 sequences"
+    )
 
 
 def test_explain_runs_nothing(calls):

@@ -6,6 +6,8 @@ SDPA on that sequence (same precision) and the float64 reference.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from attention_checks import VARLEN_BACKENDS, assert_close_to_reference, leaf, only, torch_sdpa
@@ -120,3 +122,48 @@ def test_dropout_reproducible(backend):
         results.append((out.values().detach(), torch.cat([t.grad for t in lq])))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
     assert not torch.equal(results[0][0], results[2][0])
+
+
+def test_strided_nested_input_gives_strided_output(backend):
+    """The default layout of torch.nested.nested_tensor (strided) works too: the same numbers and gradients as the
+    jagged layout, and the output in the input's layout."""
+    parts = [_sequences([5, 2, 9], 2, 8) for _ in range(3)]
+    (lq, q), (_, k), (_, v) = (_nested(p, torch.float32) for p in parts)
+    leaves = [[leaf(t, torch.float32) for t in p] for p in parts]
+    with warnings.catch_warnings():  # torch: the strided layout is a prototype
+        warnings.simplefilter("ignore", UserWarning)
+        strided = [torch.nested.as_nested_tensor([t.transpose(0, 1) for t in p], layout=torch.strided) for p in leaves]
+        with only(backend):
+            jagged_out = kernels.scaled_dot_product_attention(q, k, v, is_causal=True)
+            strided_out = kernels.scaled_dot_product_attention(*strided, is_causal=True)
+        assert strided_out.is_nested and strided_out.layout == torch.strided
+        got = [t.transpose(0, 1) for t in strided_out.unbind()]  # (L_i, H, E)
+        want = list(jagged_out.transpose(1, 2).unbind())
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+        sum(t.sum() for t in got).backward()
+    jagged_out.values().sum().backward()
+    for a, b in zip(leaves[0], lq, strict=True):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_padded_form_for_compile_equals_buckets(backend):
+    """While torch.compile traces, lengths cannot be read: the batch is padded to its longest sequence instead of
+    bucketed. Both forms give the same outputs and gradients (ragged lengths, empty key sequences, causal, GQA)."""
+    from kernels._nested import packed_attention, padded_attention
+    from kernels.dispatch import DENSE
+
+    if backend is kernels.Backend.TRITON:
+        pytest.skip("TRITON serves packed sequences in one launch, without either form")
+    q_lens, k_lens = [3, 40, 0, 7], [5, 40, 2, 0]
+    cu_q, cu_k = (torch.nn.functional.pad(torch.tensor(n).cumsum(0), (1, 0)) for n in (q_lens, k_lens))
+    base = [torch.randn(sum(q_lens), 4, 8), torch.randn(sum(k_lens), 2, 8), torch.randn(sum(k_lens), 2, 8)]
+    grad = torch.randn(sum(q_lens), 4, 8)
+    results = []
+    for form, lengths in ((packed_attention, (q_lens, k_lens)), (padded_attention, (cu_q, cu_k))):
+        leaves = [t.clone().requires_grad_() for t in base]
+        out = form(DENSE[backend], *leaves, *lengths, dropout_p=0.0, is_causal=True, scale=None, enable_gqa=True)
+        out.backward(grad)
+        results.append([out.detach(), *(t.grad for t in leaves)])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import warnings
 
 import pytest
 import torch
@@ -22,12 +21,6 @@ def qkv(B=2, H=4, L=6, S=5, E=8, Ev=8, Hk=None, dtype=torch.float32):
 
 def jagged(lengths, H=2, E=8):
     return torch.nested.nested_tensor([torch.randn(n, H, E) for n in lengths], layout=torch.jagged).transpose(1, 2)
-
-
-def strided_nested():
-    with warnings.catch_warnings():  # torch warns that the strided layout is a prototype: that is the point
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.nested.nested_tensor([torch.randn(2, 3, 8), torch.randn(2, 5, 8)])
 
 
 q, k, v = qkv()
@@ -142,12 +135,6 @@ CASES = {
         "attn_mask is on meta but query is on cpu",
     ),
     "not a tensor": ((q.tolist(), k, v), {}, TypeError, "query must be a torch.Tensor, got list"),
-    "strided nested": (
-        (strided_nested(),) * 3,
-        {},
-        ValueError,
-        "query is a nested tensor with layout torch.strided; only layout=torch.jagged is supported",
-    ),
     "nested and dense mixed": (
         (jagged([3, 4]), k, v),
         {},

@@ -1,0 +1,269 @@
+"""``make gpu-check``: everything a CPU cannot show, measured and checked on a GPU in one command (at most 8 minutes).
+
+Runs from a fresh copy of the repository with only what the GPU image has (torch, triton, pytest, numpy, matplotlib,
+tqdm, pytorch-lightning, torchmetrics; no ruff, mkdocs, pytest-markdown-docs or jsonargparse, no network): the
+package is put on ``PYTHONPATH``, nothing is installed, and no GPU setting is changed. Each step runs in its own
+process with its own time budget, so a slow step cannot eat the others; what a step wrote before its budget ran out
+is kept. Everything goes to ``$OUT`` when set, else ``bench-results/gpu-check/``; a short summary table is printed
+last (only the end of the output may come back from a GPU machine).
+
+Steps: 1. the environment; 2. ``pytest -m cuda`` (JUnit XML); 3. the kernel sweep (a budgeted subset of
+``python -m kernels.bench --sweep``); 4. variable length against padding; 5. the layers against ``torch.nn``
+(fp16/bf16 autocast); 6. a short training run of the byte-level GPT, profiled.
+
+Without CUDA (or with ``--dry-run``) every step still runs, on tiny CPU sizes, and says which GPU-only parts it
+skipped and why: the command's own logic is tested that way in CI (tests/test_gpu_check.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TOTAL_BUDGET_S = 8 * 60
+
+
+@dataclasses.dataclass
+class Step:
+    name: str
+    budget_s: int
+    gpu_args: list[str]
+    cpu_args: list[str]  # the same step on tiny CPU sizes (dry run)
+    summarise: object  # (out_dir) -> dict of figures for the summary table
+    status: str = "not run"
+    seconds: float = 0.0
+    figures: dict = dataclasses.field(default_factory=dict)
+    note: str = ""
+
+
+def _env_script() -> str:
+    return r"""
+import json, platform, subprocess, sys
+import torch
+info = {"python": platform.python_version(), "torch": torch.__version__, "cuda_runtime": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available()}
+try:
+    import triton
+    info["triton"] = triton.__version__
+except ImportError:
+    info["triton"] = None
+if torch.cuda.is_available():
+    p = torch.cuda.get_device_properties(0)
+    info.update(card=p.name, sm_count=p.multi_processor_count, memory_gib=round(p.total_memory / 2**30, 1),
+                capability=f"{p.major}.{p.minor}")
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        info["driver"] = smi.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        info["driver"] = None
+else:
+    info.update(card=None, note="no CUDA device: GPU-only parts are skipped")
+print(json.dumps(info))
+"""
+
+
+def _summarise_env(out: pathlib.Path) -> dict:
+    path = out / "env.json"
+    if not path.exists():
+        return {}
+    info = json.loads(path.read_text())
+    return {k: info.get(k) for k in ("card", "sm_count", "memory_gib", "driver", "torch", "triton", "cuda_runtime")}
+
+
+def _summarise_pytest(out: pathlib.Path) -> dict:
+    path = out / "pytest-cuda.xml"
+    if not path.exists():
+        return {}
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    for suite in ET.parse(path).getroot().iter("testsuite"):
+        for key in counts:
+            counts[key] += int(suite.get(key, 0))
+    counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
+    failed = [
+        f"{case.get('classname')}::{case.get('name')}"
+        for case in ET.parse(path).getroot().iter("testcase")
+        if case.find("failure") is not None or case.find("error") is not None
+    ]
+    return {**counts, "failed_tests": failed[:20]}
+
+
+def _summarise_sweep(out: pathlib.Path) -> dict:
+    path = out / "sweep" / "kernels_sweep.json"
+    if not path.exists():
+        return {}
+    points = json.loads(path.read_text())["points"]
+    figures = {"points": len(points), "timed": sum(p["tflops"] is not None for p in points)}
+    for step in ("fwd", "bwd"):  # the issue's headline: d=128, fp16, L=4k
+        row = [p for p in points if (p["step"], p["dtype"], p["head_dim"], p["seq_len"], p["causal"]) ==
+               (step, "float16", 128, 4096, False)]  # fmt: skip
+        ours = next((p["tflops"] for p in row if p["variant"] == "TRITON"), None)
+        best = max((p["tflops"] for p in row if p["variant"] != "TRITON" and p["tflops"]), default=None)
+        figures[f"{step} d128 fp16 L4k TFLOP/s TRITON / torch best"] = (
+            f"{ours:.0f} / {best:.0f}" if ours and best else f"{ours} / {best}"
+        )
+    return figures
+
+
+def _summarise_varlen(out: pathlib.Path) -> dict:
+    path = out / "varlen" / "sdpa_nested.json"
+    if not path.exists():
+        return {}
+    return {
+        r["name"]: (f"{r['ms']:.2f} ms" if r["ms"] else r["skipped"]) for r in json.loads(path.read_text())["results"]
+    }
+
+
+def _summarise_layers(out: pathlib.Path, dtype: str) -> dict:
+    path = out / "layers" / dtype / "layers.json"
+    if not path.exists():
+        return {}
+    rows = json.loads(path.read_text())["rows"]
+    return {f"{r['case']} ours/torch": f"{r['ratio']:.2f}" for r in rows}
+
+
+def _summarise_gpt(out: pathlib.Path) -> dict:
+    path = out / "gpt" / "summary.json"
+    if not path.exists():
+        return {}
+    s = json.loads(path.read_text())
+    return {
+        "median step ms": round(s.get("median_step_ms") or 0, 2),
+        "tokens/s": round(s.get("tokens_per_s") or 0),
+        "attention in profiler": ",".join(s.get("attention_backends_profiled") or []) or "none",
+        "val loss": s.get("val_loss"),
+    }
+
+
+def steps(out: pathlib.Path) -> list[Step]:
+    """The six steps; each command's arguments on the GPU, then on tiny CPU sizes for a dry run."""
+    py = sys.executable
+    pytest = [
+        py, "-m", "pytest", "-m", "cuda", "tests", "-q", "-p", "no:cacheprovider",
+        "-o", "addopts=-ra --strict-markers", f"--junitxml={out / 'pytest-cuda.xml'}",
+    ]  # fmt: skip
+    sweep = [py, "-m", "kernels.bench", "--sweep", "--out-dir", str(out / "sweep")]
+    sweep_gpu = "--seq-lens 1024 4096 16384 --head-dims 64 128 --dtypes float16 bfloat16 --min-run-time 0.1"
+    sweep_gpu += " --rounds 2 --time-budget 120 --variants TRITON"
+    sweep_cpu = "--device cpu --seq-lens 16 32 --tokens 64 --heads 1 --head-dims 16 --dtypes float32"
+    sweep_cpu += " --min-run-time 0.01 --rounds 1"
+    torch_kernels = ["torch flash", "torch efficient", "torch cuDNN"]
+    varlen = [py, "-m", "kernels.bench", "--nested", "--train", "--out-dir", str(out / "varlen")]
+    varlen_gpu = "--batch 64 --seq-len 1024 --heads 16 --head-dim 128 --min-run-time 0.3"
+    varlen_cpu = "--device cpu --batch 4 --seq-len 32 --heads 2 --head-dim 8 --min-run-time 0.01"
+    gpt = [py, "-m", "lightning_examples.short_run", "--out-dir", str(out / "gpt")]
+    gpt_cpu = "--device cpu --steps 4 --block-size 32 --batch-size 4 --n-layer 1 --n-embd 48 --max-bytes 50000"
+    layer_steps = []
+    for dtype in ("float16", "bfloat16"):
+        layers = [py, "-m", "layers.bench", "--out-dir", str(out / "layers" / dtype), "--no-compile"]
+        layers_gpu = f"--autocast {dtype} --min-run-time 0.2 --rounds 3 --batch 32 --seq-len 512 --d-model 512"
+        layers_cpu = "--device cpu --batch 2 --seq-len 16 --d-model 32 --nhead 2 --dim-feedforward 64"
+        layers_cpu += " --min-run-time 0.01 --rounds 1 --cases train-dense train-padded"
+        summarise = functools.partial(_summarise_layers, dtype=dtype)
+        layer_steps.append(Step(f"layers {dtype}", 35, [*layers, *layers_gpu.split()], [*layers, *layers_cpu.split()],
+                                summarise))  # fmt: skip
+    return [
+        Step("environment", 20, [py, "-c", _env_script()], [py, "-c", _env_script()], _summarise_env),
+        Step("pytest -m cuda", 140, pytest, pytest, _summarise_pytest),
+        Step(
+            "kernel sweep",
+            140,
+            [*sweep, *sweep_gpu.split(), *torch_kernels],
+            [*sweep, *sweep_cpu.split()],
+            _summarise_sweep,
+        ),
+        Step("variable length", 35, [*varlen, *varlen_gpu.split()], [*varlen, *varlen_cpu.split()], _summarise_varlen),
+        *layer_steps,
+        Step("GPT training", 70, [*gpt, "--steps", "300"], [*gpt, *gpt_cpu.split()], _summarise_gpt),
+    ]
+
+
+def _cuda_available(env: dict) -> bool:
+    probe = [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"]
+    done = subprocess.run(probe, capture_output=True, text=True, env=env, timeout=120)
+    return done.stdout.strip() == "True"
+
+
+def run_step(step: Step, args: list[str], out: pathlib.Path, env: dict) -> None:
+    log = out / "logs" / (re.sub(r"[^a-z0-9]+", "-", step.name.lower()).strip("-") + ".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    print(f"\n=== {step.name} (budget {step.budget_s} s): {' '.join(args)[:200]}", flush=True)
+    with log.open("w") as f:
+        try:
+            done = subprocess.run(args, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=step.budget_s)
+            step.status = "ok" if done.returncode == 0 else f"failed (exit {done.returncode})"
+        except subprocess.TimeoutExpired:
+            step.status = f"out of budget ({step.budget_s} s)"
+    step.seconds = time.monotonic() - start
+    if step.name == "environment" and log.exists():
+        lines = [line for line in log.read_text().splitlines() if line.startswith("{")]
+        if lines:
+            (out / "env.json").write_text(json.dumps(json.loads(lines[-1]), indent=2))
+    try:
+        step.figures = step.summarise(out)
+    except (OSError, ValueError, KeyError, TypeError, ET.ParseError) as err:  # a partial output: say so
+        step.figures = {"summary": f"unreadable output: {err}"}
+    tail = log.read_text().splitlines()[-8:] if log.exists() else []
+    print("\n".join("    " + line[:160] for line in tail), flush=True)
+
+
+def summary_table(all_steps: list[Step], dry: bool, reason: str) -> str:
+    lines = ["", "=" * 100, f"make gpu-check summary{' (DRY RUN: ' + reason + ')' if dry else ''}", "=" * 100]
+    lines.append(f"{'step':<20} {'status':<26} {'seconds':>8}  figures")
+    for s in all_steps:
+        figures = "; ".join(f"{k}: {v}" for k, v in s.figures.items() if k != "failed_tests") or "-"
+        lines.append(f"{s.name:<20} {s.status:<26} {s.seconds:>8.1f}  {figures[:400]}")
+        failed = s.figures.get("failed_tests")
+        if failed:
+            lines += [f"{'':<20} failed: {name}" for name in failed]
+        if s.note:
+            lines.append(f"{'':<20} {s.note}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make gpu-check", description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="walk every step on tiny CPU sizes")
+    args = parser.parse_args(argv)
+    out = pathlib.Path(os.environ.get("OUT") or ROOT / "bench-results" / "gpu-check").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    env["MPLBACKEND"] = "Agg"
+    cuda = _cuda_available(env)
+    dry = args.dry_run or not cuda
+    reason = "--dry-run" if args.dry_run else "no CUDA device"
+    all_steps = steps(out)
+    started = time.monotonic()
+    for step in all_steps:
+        left = TOTAL_BUDGET_S - (time.monotonic() - started)
+        step.budget_s = int(min(step.budget_s, max(10, left)))
+        run_step(step, step.cpu_args if dry else step.gpu_args, out, env)
+        if dry and step.name != "environment":
+            step.note = f"GPU part skipped ({reason}): ran on tiny CPU sizes instead"
+    table = summary_table(all_steps, dry, reason)
+    record = {
+        "dry_run": dry, "reason": reason if dry else None, "total_seconds": round(time.monotonic() - started, 1),
+        "steps": [{k: v for k, v in dataclasses.asdict(s).items() if k not in ("summarise", "gpu_args", "cpu_args")}
+                  for s in all_steps],
+    }  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(record, indent=2, default=str))
+    (out / "summary.txt").write_text(table + "\n")
+    print(table, flush=True)
+    print(f"\nall outputs: {out}")
+    return 0 if all(s.status == "ok" for s in all_steps) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

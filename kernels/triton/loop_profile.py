@@ -1,0 +1,69 @@
+"""A static profile of a compiled kernel's hot loop, read from its machine code (SASS) without a GPU.
+
+The hot loop is the innermost loop that issues matrix instructions (``HGMMA`` on sm_90, ``HMMA`` before) with the
+fewest instructions: in these kernels the unmasked loop over whole blocks, since the masked loops do the same work
+plus the mask. Its instruction count is what each warp issues per iteration; times the warps of a program and
+divided by the iteration's matrix-product FLOPs it gives **warp-instructions per MFLOP**: fewer means less time
+spent outside the tensor cores. It is a proxy — it ignores latency hiding, barriers and memory stalls — and a
+figure for comparing compiles, never a speed claim (TRITON-NOTES.md).
+
+A loop is a backward branch; the retry stubs of barrier waits, placed after the kernel's exit, branch back into
+the loop body and would look like loops that contain it, so only loops that contain no other matrix loop count.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+# Matrix-product FLOPs of one hot-loop iteration, per BLOCK_M * BLOCK_N * head dim: the forward does Q K^T and P V,
+# the dQ pass Q K^T, dO V^T and dS K, the dK/dV pass those and P^T dO, dS^T Q.
+LOOP_FLOPS = {"fwd": 4, "bwd_dq": 6, "bwd_dkdv": 8}
+
+_INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", re.MULTILINE)
+_BRANCH = re.compile(r"\bBRA\b[^;]*?0x([0-9a-f]+)")
+
+
+def disassemble(cubin: bytes) -> str:
+    """The SASS of a cubin, from the ``cuobjdump`` shipped in the triton wheel."""
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        done = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(f.name)
+    return done.stdout
+
+
+def matmul_loops(sass: str) -> list[int]:
+    """Instruction counts of the innermost loops that issue matrix instructions, in address order."""
+    code = [(int(a, 16), text) for a, text in _INSTRUCTION.findall(sass)]
+    loops = []
+    for address, text in code:
+        branch = _BRANCH.search(text)
+        if branch is None or int(branch.group(1), 16) > address:
+            continue
+        start = int(branch.group(1), 16)
+        body = [t for a, t in code if start <= a <= address]
+        if any("HGMMA" in t or "HMMA" in t for t in body):
+            loops.append((start, address, len(body)))
+    innermost = [
+        loop for loop in loops if not any(o is not loop and loop[0] <= o[0] and o[1] <= loop[1] for o in loops)
+    ]
+    return [count for _, _, count in innermost]
+
+
+def warp_instructions_per_mflop(sass: str, kernel: str, block_m: int, block_n: int, head_dim: int,
+                                num_warps: int) -> tuple[int | None, float | None]:  # fmt: skip
+    """(instructions per warp of the hot loop, warp-instructions per MFLOP), or (None, None) without a matrix loop."""
+    loops = matmul_loops(sass)
+    if not loops or kernel not in LOOP_FLOPS:
+        return None, None
+    instructions = min(loops)
+    flops = LOOP_FLOPS[kernel] * block_m * block_n * head_dim
+    return instructions, instructions * num_warps / (flops / 1e6)
