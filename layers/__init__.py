@@ -1,24 +1,29 @@
 """Drop-in torch.nn transformer layers on the fused attention of `kernels`.
 
-Replace ``torch.nn.MultiheadAttention`` with ``layers.MultiheadAttention`` (and so on): the constructor,
-parameters, ``state_dict`` and numbers are torch's, the attention is this package's, and jagged nested
-inputs work in training too. This package never imports triton.
+Replace ``torch.nn.MultiheadAttention`` with ``layers.MultiheadAttention`` (and so on), or call
+``layers.convert(model)``: the constructor, parameters, ``state_dict`` and numbers are torch's, the attention is
+this package's, padded batches run on their real tokens, and nested inputs work in training too. This package
+never imports triton.
 """
 
-from .attention import CausalSelfAttention, MultiheadAttention
+from .attention import MultiheadAttention
+from .causal import CausalSelfAttention
 from .convert import convert, revert
+from .decoder import TransformerDecoder, TransformerDecoderLayer
+from .encoder import TransformerEncoder, TransformerEncoderLayer
+from .errors import ArgumentError, ArgumentTypeError, RuntimeArgumentError
 from .packing import Packed, pack_padded, unpack_padded
-from .transformer import (
-    TransformerDecoder,
-    TransformerDecoderLayer,
-    TransformerEncoder,
-    TransformerEncoderLayer,
-)
+from .serialization import safe_globals
+from .transformer import Transformer
 
 __all__ = [
+    "ArgumentError",
+    "ArgumentTypeError",
     "CausalSelfAttention",
     "MultiheadAttention",
     "Packed",
+    "RuntimeArgumentError",
+    "Transformer",
     "TransformerDecoder",
     "TransformerDecoderLayer",
     "TransformerEncoder",
@@ -26,5 +31,6 @@ __all__ = [
     "convert",
     "pack_padded",
     "revert",
+    "safe_globals",
     "unpack_padded",
 ]

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .errors import ArgumentError, ArgumentTypeError, RuntimeArgumentError
+
 __all__ = ["ConfigMixin"]
 
 
@@ -81,7 +83,7 @@ def activation_from_config(value: Any) -> str | Callable[[torch.Tensor], torch.T
 
 def check_positive_int(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ArgumentError(f"{name} must be a positive integer, got {value!r}")
 
 
 def check_heads(embed_dim: object, num_heads: object, names: tuple[str, str] = ("embed_dim", "num_heads")) -> None:
@@ -89,7 +91,7 @@ def check_heads(embed_dim: object, num_heads: object, names: tuple[str, str] = (
     check_positive_int(num_heads, names[1])
     if embed_dim % num_heads:
         divisors = [h for h in range(1, min(embed_dim, 64) + 1) if embed_dim % h == 0]
-        raise ValueError(
+        raise ArgumentError(
             f"{names[0]}={embed_dim} is not divisible by {names[1]}={num_heads}; each head gets "
             f"{names[0]} / {names[1]} channels, so pick {names[1]} in {divisors} or change {names[0]}"
         )
@@ -97,15 +99,15 @@ def check_heads(embed_dim: object, num_heads: object, names: tuple[str, str] = (
 
 def check_dropout(p: object, name: str = "dropout") -> None:
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {p!r}")
+        raise ArgumentError(f"{name} must be a probability in [0, 1], got {p!r}")
 
 
 def check_activation(activation: object) -> None:
     if isinstance(activation, str):
         if activation not in ("relu", "gelu"):
-            raise ValueError(
+            raise RuntimeArgumentError(
                 f"activation must be 'relu', 'gelu' or a callable, got {activation!r}; "
                 "pass e.g. torch.nn.functional.silu for another one"
             )
     elif not callable(activation):
-        raise TypeError(f"activation must be 'relu', 'gelu' or a callable, got {type(activation).__name__}")
+        raise ArgumentTypeError(f"activation must be 'relu', 'gelu' or a callable, got {type(activation).__name__}")

@@ -10,12 +10,9 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .attention import MultiheadAttention
-from .transformer import (
-    TransformerDecoder,
-    TransformerDecoderLayer,
-    TransformerEncoder,
-    TransformerEncoderLayer,
-)
+from .decoder import TransformerDecoder, TransformerDecoderLayer
+from .encoder import TransformerEncoder, TransformerEncoderLayer
+from .transformer import Transformer
 
 __all__ = ["convert", "revert"]
 
@@ -25,6 +22,7 @@ _OURS = {
     nn.TransformerEncoder: TransformerEncoder,
     nn.TransformerDecoderLayer: TransformerDecoderLayer,
     nn.TransformerDecoder: TransformerDecoder,
+    nn.Transformer: Transformer,
 }
 _TORCH = {ours: theirs for theirs, ours in _OURS.items()}
 
@@ -43,8 +41,9 @@ def convert(model: nn.Module) -> nn.Module:
     """Use this package's layers inside ``model``, in place; returns ``model``.
 
     ``nn.MultiheadAttention``, ``nn.TransformerEncoderLayer``, ``nn.TransformerEncoder``,
-    ``nn.TransformerDecoderLayer`` and ``nn.TransformerDecoder`` become their `layers` counterparts with
-    the same weights; `revert` undoes it.
+    ``nn.TransformerDecoderLayer``, ``nn.TransformerDecoder`` and ``nn.Transformer`` become their `layers`
+    counterparts with the same weights; `revert` undoes it. A subclass of one of them (e.g. a model class that
+    extends ``nn.Transformer``) keeps its class, and the torch modules inside it are converted.
 
     Example, run by the test suite:
 

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["Packed", "pack_padded", "unpack_padded"]
+__all__ = ["Packed", "pack_keep", "pack_padded", "unpack_padded"]
 
 
 class Packed(NamedTuple):
@@ -70,12 +70,15 @@ def pack_padded(x: torch.Tensor, key_padding_mask: torch.Tensor, batch_first: bo
     ```
     """
     _check(x, key_padding_mask, batch_first)
+    return pack_keep(x, ~key_padding_mask, batch_first)
+
+
+def pack_keep(x: torch.Tensor, keep: torch.Tensor, batch_first: bool = True) -> Packed:
+    """`pack_padded` given the real tokens ``keep (B, L)`` (True = real) instead of the padding mask."""
     if not batch_first:
         x = x.transpose(0, 1)
-    keep = ~key_padding_mask  # (B, L)
     values = x[keep]  # (T, E), batch order
-    lengths = keep.sum(dim=1)
-    offsets = torch.nn.functional.pad(lengths.cumsum(0), (1, 0))
+    offsets = torch.nn.functional.pad(keep.sum(dim=1).cumsum(0), (1, 0))
     return Packed(values, offsets, keep)
 
 

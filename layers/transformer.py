@@ -1,15 +1,15 @@
-"""Drop-in ``nn.TransformerEncoderLayer``, ``nn.TransformerEncoder``, ``nn.TransformerDecoderLayer`` and
-``nn.TransformerDecoder``.
+"""``Transformer``: a drop-in ``nn.Transformer`` built from this package's encoder and decoder.
 
-Each subclasses its torch class, so constructor, parameters, ``state_dict`` keys, initialisation and
-attribute names (``self_attn``, ``linear1``, ``norm1``, ...) are torch's own. Their attention modules are
-this package's `MultiheadAttention` (the class of torch's freshly built module is swapped, so the random
-initialisation is exactly torch's).
+torch's constructor builds the model (so ``state_dict`` keys, the Xavier initialisation and
+``generate_square_subsequent_mask`` are torch's); its encoder and decoder then become this package's classes. A
+padded source and target whose masks allow it (`encoder`, `decoder`) run end to end on their real tokens: the
+source is packed once, the memory stays packed between the encoder and the decoder's cross-attention, and only the
+output is unpacked (zeros at padded target positions). That needs the decoder to ignore the memory's padding
+the way the encoder saw it: ``memory_key_padding_mask`` equal to ``src_key_padding_mask``, as translation models
+pass it.
 
-The encoder skips padding: given a bool key padding mask (and no attention mask other than a causal
-one), it packs the real tokens, runs projections, attention and feed-forward on them only, and scatters
-the result back, with **zeros at padded positions** (as torch's nested fast path returns them).
-Jagged nested inputs ``(N, j, E)`` take the same packed path, in training too.
+The encoder and decoder classes are importable from here too (``layers.transformer.TransformerEncoder``), where
+earlier versions defined them.
 """
 
 from __future__ import annotations
@@ -21,88 +21,58 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._layer import as_ours, check_layer_args, check_positive_int, layer_config, padding_route
 from ._masks import check_mask_dtype, is_causal_mask
-from .attention import MultiheadAttention
-from .config import (
-    ConfigMixin,
-    activation_to_config,
-    check_activation,
-    check_dropout,
-    check_heads,
-    check_positive_int,
-)
-from .config import dtype_name as _dtype_name
-from .packing import pack_padded, unpack_padded
+from .attention import has_hooks
+from .config import ConfigMixin
+from .decoder import TransformerDecoder, TransformerDecoderLayer, decoder_route
+from .encoder import TransformerEncoder, TransformerEncoderLayer
+from .errors import RuntimeArgumentError
+from .packing import pack_keep, unpack_padded
+from .scripting import TorchScriptable
 
-__all__ = ["TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder", "TransformerEncoderLayer"]
-
-
-def _check_layer_args(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps) -> None:
-    check_heads(d_model, nhead, names=("d_model", "nhead"))
-    check_positive_int(dim_feedforward, "dim_feedforward")
-    check_dropout(dropout)
-    check_activation(activation)
-    if not isinstance(layer_norm_eps, (int, float)) or layer_norm_eps <= 0:
-        raise ValueError(f"layer_norm_eps must be a positive float, got {layer_norm_eps!r}")
+__all__ = [
+    "Transformer",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+]
 
 
-def _layer_config(layer: nn.Module) -> dict[str, Any]:
-    return {
-        "d_model": layer.self_attn.embed_dim,
-        "nhead": layer.self_attn.num_heads,
-        "dim_feedforward": layer.linear1.out_features,
-        "dropout": layer.dropout.p,
-        "activation": activation_to_config(layer.activation),
-        "layer_norm_eps": layer.norm1.eps,
-        "batch_first": layer.self_attn.batch_first,
-        "norm_first": layer.norm_first,
-        "bias": layer.linear1.bias is not None,
-        "dtype": _dtype_name(layer),
-    }
+class Transformer(TorchScriptable, ConfigMixin, nn.Transformer):
+    """Drop-in ``torch.nn.Transformer`` on this package's layers.
 
+    Same constructor, parameters, ``state_dict`` keys, initialisation and forward as the torch class; see its
+    documentation and the module docstring for what runs on real tokens only.
 
-def _norm_config(norm: nn.Module | None) -> dict[str, Any] | None:
-    if norm is None:
-        return None
-    if type(norm) is not nn.LayerNorm:
-        raise ValueError(f"get_config supports norm=None or nn.LayerNorm, got {type(norm).__name__}")
-    return {
-        "normalized_shape": list(norm.normalized_shape),
-        "eps": norm.eps,
-        "elementwise_affine": norm.elementwise_affine,
-        "bias": norm.bias is not None,
-    }
+    Example, run by the test suite:
 
+    ```python
+    import torch
+    import layers
 
-def _norm_from_config(config: dict[str, Any] | None, dtype: str | None) -> nn.LayerNorm | None:
-    if config is None:
-        return None
-    return nn.LayerNorm(**config, dtype=getattr(torch, dtype) if dtype else None)
-
-
-def _packable(src: torch.Tensor, mask: torch.Tensor | None, key_padding_mask: torch.Tensor | None, is_causal) -> bool:
-    """Whether the padded batch can run on its real tokens only: a bool key padding mask, batched input,
-    and no attention mask but (the hint of) a causal one."""
-    return (
-        src.dim() == 3
-        and isinstance(key_padding_mask, torch.Tensor)
-        and key_padding_mask.dtype == torch.bool
-        and (mask is None or bool(is_causal))
-    )
-
-
-class _FeedForwardLayer(ConfigMixin):
-    """What the encoder and decoder layers share: torch's constructor, with its arguments checked first and
-    the attention modules torch built made this package's (same tensors, so torch's initialisation), the
-    config, and the feed-forward block."""
+    model = layers.Transformer(d_model=32, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
+                               dim_feedforward=64, batch_first=True)
+    src, tgt = torch.randn(3, 10, 32), torch.randn(3, 7, 32)
+    src_pad = torch.arange(10) >= torch.tensor([[10], [6], [3]])  # True = padding
+    tgt_mask = layers.Transformer.generate_square_subsequent_mask(7)
+    out = model(src, tgt, tgt_mask=tgt_mask, src_key_padding_mask=src_pad, memory_key_padding_mask=src_pad)
+    assert out.shape == (3, 7, 32)
+    ```
+    """
 
     def __init__(
         self,
-        d_model: int,
-        nhead: int,
+        d_model: int = 512,
+        nhead: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
         dim_feedforward: int = 2048,
         dropout: float = 0.1,
         activation: str | Callable[[torch.Tensor], torch.Tensor] = F.relu,
+        custom_encoder: Any | None = None,
+        custom_decoder: Any | None = None,
         layer_norm_eps: float = 1e-5,
         batch_first: bool = False,
         norm_first: bool = False,
@@ -110,255 +80,109 @@ class _FeedForwardLayer(ConfigMixin):
         device=None,
         dtype=None,
     ) -> None:
-        _check_layer_args(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps)
+        check_layer_args(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps)
+        check_positive_int(num_encoder_layers, "num_encoder_layers")
+        check_positive_int(num_decoder_layers, "num_decoder_layers")
         super().__init__(
-            d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps, batch_first, norm_first, bias,
-            device, dtype,
+            d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward, dropout, activation,
+            custom_encoder, custom_decoder, layer_norm_eps, batch_first, norm_first, bias, device, dtype,
         )  # fmt: skip
-        _swap_attention(self)
+        as_ours(self.encoder, nn.TransformerEncoder, TransformerEncoder)
+        as_ours(self.decoder, nn.TransformerDecoder, TransformerDecoder)
+        for layer in getattr(self.encoder, "layers", []):
+            as_ours(layer, nn.TransformerEncoderLayer, TransformerEncoderLayer)
+        for layer in getattr(self.decoder, "layers", []):
+            as_ours(layer, nn.TransformerDecoderLayer, TransformerDecoderLayer)
 
     def get_config(self) -> dict[str, Any]:
-        return _layer_config(self)
-
-    def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
-        """torch's feed-forward block, with ReLU in place: it overwrites the first linear's output, which no
-        backward needs (addmm keeps its inputs), and saves an allocation of ``(T, dim_feedforward)``."""
-        h = self.linear1(x)
-        h = torch.relu_(h) if self.activation is F.relu and not h.is_nested else self.activation(h)
-        return self.dropout2(self.linear2(self.dropout(h)))
-
-
-def _swap_attention(module: nn.Module) -> None:
-    for m in module.modules():
-        if type(m) is nn.MultiheadAttention:
-            m.__class__ = MultiheadAttention
-
-
-class TransformerEncoderLayer(_FeedForwardLayer, nn.TransformerEncoderLayer):
-    """Drop-in ``torch.nn.TransformerEncoderLayer`` on this package's attention.
-
-    Same constructor, parameters, ``state_dict`` keys and forward as the torch class; see its documentation.
-    Input ``src``: ``(N, S, E)`` with ``batch_first=True`` (``(S, N, E)`` otherwise, ``(S, E)`` unbatched),
-    or a jagged nested tensor ``(N, j, E)`` (``batch_first=True``), in training and evaluation.
-    ``src_mask``: ``(S, S)`` or ``(N * nhead, S, S)``; ``src_key_padding_mask``: ``(N, S)``; bool True =
-    masked out, as in torch. With a bool key padding mask the layer computes on real tokens only and
-    returns zeros at padded positions. ``is_causal=True`` works without ``src_mask``.
-
-    Example, run by the test suite:
-
-    ```python
-    import torch
-    import layers
-
-    layer = layers.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
-    x = torch.nested.nested_tensor([torch.randn(n, 32) for n in (3, 9)], layout=torch.jagged)
-    y = layer(x)  # nested in, nested out, with gradients
-    y.values().sum().backward()
-    assert y.is_nested and layer.linear1.weight.grad is not None
-    ```
-    """
+        if not (isinstance(self.encoder, TransformerEncoder) and isinstance(self.decoder, TransformerDecoder)):
+            raise RuntimeArgumentError("get_config needs the built-in encoder and decoder (not custom ones)")
+        config = layer_config(self.encoder.layers[0])
+        return {
+            "d_model": config["d_model"], "nhead": config["nhead"],
+            "num_encoder_layers": len(self.encoder.layers), "num_decoder_layers": len(self.decoder.layers),
+            **{k: config[k] for k in ("dim_feedforward", "dropout", "activation", "layer_norm_eps", "batch_first",
+                                      "norm_first", "bias", "dtype")},
+        }  # fmt: skip
 
     def forward(
         self,
         src: torch.Tensor,
+        tgt: torch.Tensor,
         src_mask: torch.Tensor | None = None,
+        tgt_mask: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
         src_key_padding_mask: torch.Tensor | None = None,
-        is_causal: bool = False,
+        tgt_key_padding_mask: torch.Tensor | None = None,
+        memory_key_padding_mask: torch.Tensor | None = None,
+        src_is_causal: bool | None = None,
+        tgt_is_causal: bool | None = None,
+        memory_is_causal: bool = False,
     ) -> torch.Tensor:
-        check_mask_dtype(src_mask, "src_mask")
-        check_mask_dtype(src_key_padding_mask, "src_key_padding_mask")
-        if src.is_nested:
-            _check_nested(src, self.self_attn.batch_first, src_mask, src_key_padding_mask)
-            out = self.packed_forward(src.values(), src.offsets(), is_causal)
-            return torch.nested.nested_tensor_from_jagged(out, offsets=src.offsets())
-        if _packable(src, src_mask, src_key_padding_mask, is_causal):
-            batch_first = self.self_attn.batch_first
-            packed = pack_padded(src, src_key_padding_mask, batch_first)
-            out = self.packed_forward(packed.values, packed.offsets, bool(is_causal))
-            return unpack_padded(out, packed.keep, batch_first)
-        return self._dense_forward(src, src_mask, src_key_padding_mask, is_causal)
+        batched = src.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        if batched and src.size(batch_dim) != tgt.size(batch_dim):
+            raise RuntimeArgumentError(
+                f"the batch number of src and tgt must be equal, got {src.size(batch_dim)} and {tgt.size(batch_dim)} "
+                f"(batch_first={self.batch_first})"
+            )
+        if src.size(-1) != self.d_model or tgt.size(-1) != self.d_model:
+            raise RuntimeArgumentError(
+                f"the feature number of src and tgt must be equal to d_model={self.d_model}, got {src.size(-1)} "
+                f"and {tgt.size(-1)}"
+            )
+        for name, mask in (
+            ("src_mask", src_mask), ("tgt_mask", tgt_mask), ("memory_mask", memory_mask),
+            ("src_key_padding_mask", src_key_padding_mask), ("tgt_key_padding_mask", tgt_key_padding_mask),
+            ("memory_key_padding_mask", memory_key_padding_mask),
+        ):  # fmt: skip
+            check_mask_dtype(mask, name)
+        end_to_end = self._packed_end_to_end(
+            src, tgt, src_mask, tgt_mask, memory_mask, src_key_padding_mask, tgt_key_padding_mask,
+            memory_key_padding_mask, src_is_causal, tgt_is_causal, memory_is_causal,
+        )  # fmt: skip
+        if end_to_end is not None:
+            return end_to_end
+        memory = self.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
+        return self.decoder(
+            tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+            memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
+            memory_is_causal=memory_is_causal,
+        )  # fmt: skip
 
-    def _dense_forward(self, x, src_mask, src_key_padding_mask, is_causal):
-        """torch's own non-fast path, whose ``self_attn`` is this package's."""
-        if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
-            return x + self._ff_block(self.norm2(x))
-        x = self.norm1(x + self._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
-        return self.norm2(x + self._ff_block(x))
-
-    def packed_forward(self, x: torch.Tensor, offsets: torch.Tensor, is_causal: bool) -> torch.Tensor:
-        """The layer on packed tokens ``x (T, E)`` of sequences ``offsets (N + 1,)`` -> ``(T, E)``."""
-
-        def attend(h: torch.Tensor) -> torch.Tensor:
-            return self.dropout1(self.self_attn.packed_self_attention(h, offsets, is_causal))
-
-        if self.norm_first:
-            x = x + attend(self.norm1(x))
-            return x + self._ff_block(self.norm2(x))
-        x = self.norm1(x + attend(x))
-        return self.norm2(x + self._ff_block(x))
-
-
-def _check_nested(src, batch_first: bool, mask, key_padding_mask) -> None:
-    if not batch_first:
-        raise ValueError("nested inputs need batch_first=True: a jagged nested tensor is (N, j, E)")
-    if src.layout != torch.jagged or src.dim() != 3:
-        raise ValueError(f"nested input must be a jagged nested tensor (N, j, E), got layout {src.layout}")
-    if mask is not None or key_padding_mask is not None:
-        raise ValueError(
-            "nested inputs take no attention or key padding mask (a nested batch has no padding); "
-            "use is_causal=True for causal attention"
-        )
-
-
-class TransformerEncoder(ConfigMixin, nn.TransformerEncoder):
-    """Drop-in ``torch.nn.TransformerEncoder``: a stack of `TransformerEncoderLayer`.
-
-    A torch ``nn.TransformerEncoderLayer`` passed in is converted (its copies become this package's
-    layers, same weights). A padded batch with a bool ``src_key_padding_mask`` is packed once, runs every
-    layer (and the final ``norm``) on real tokens only, and is unpacked at the end: padded positions are 0.
-    Jagged nested inputs work likewise, in training too. ``is_causal=None`` detects a causal ``mask``, as
-    torch does.
-
-    Example, run by the test suite:
-
-    ```python
-    import torch
-    import layers
-
-    layer = layers.TransformerEncoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
-    encoder = layers.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
-    x = torch.randn(3, 12, 32)  # (N, S, E)
-    pad = torch.arange(12) >= torch.tensor([[12], [5], [8]])  # True = padding
-    y = encoder(x, src_key_padding_mask=pad)
-    assert y.shape == (3, 12, 32) and (y[1, 5:] == 0).all()
-    ```
-    """
-
-    def __init__(
-        self,
-        encoder_layer: nn.TransformerEncoderLayer,
-        num_layers: int,
-        norm: nn.Module | None = None,
-        enable_nested_tensor: bool = True,
-        mask_check: bool = True,
-    ) -> None:
-        if not isinstance(encoder_layer, nn.TransformerEncoderLayer):
-            raise TypeError(f"encoder_layer must be a TransformerEncoderLayer, got {type(encoder_layer).__name__}")
-        check_positive_int(num_layers, "num_layers")
-        super().__init__(encoder_layer, num_layers, norm, enable_nested_tensor, mask_check)
-        for layer in self.layers:
-            _as_ours(layer, nn.TransformerEncoderLayer, TransformerEncoderLayer)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "encoder_layer": self.layers[0].get_config(),
-            "num_layers": self.num_layers,
-            "norm": _norm_config(self.norm),
-            "enable_nested_tensor": self.enable_nested_tensor,
-            "mask_check": self.mask_check,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TransformerEncoder:
-        config = dict(config)
-        layer = TransformerEncoderLayer.from_config(config.pop("encoder_layer"))
-        norm = _norm_from_config(config.pop("norm", None), _dtype_name(layer))
-        return cls(layer, norm=norm, **config)
-
-    def forward(
-        self,
-        src: torch.Tensor,
-        mask: torch.Tensor | None = None,
-        src_key_padding_mask: torch.Tensor | None = None,
-        is_causal: bool | None = None,
-    ) -> torch.Tensor:
-        check_mask_dtype(mask, "mask")
-        check_mask_dtype(src_key_padding_mask, "src_key_padding_mask")
-        batch_first = self.layers[0].self_attn.batch_first
-        if src.is_nested:
-            _check_nested(src, batch_first, mask, src_key_padding_mask)
-            out = self._packed(src.values(), src.offsets(), bool(is_causal))
-            return torch.nested.nested_tensor_from_jagged(out, offsets=src.offsets())
-        if is_causal is None:
-            is_causal = is_causal_mask(mask, src.size(1 if batch_first and src.dim() == 3 else 0))
-        if _packable(src, mask, src_key_padding_mask, is_causal):
-            packed = pack_padded(src, src_key_padding_mask, batch_first)
-            return unpack_padded(self._packed(packed.values, packed.offsets, bool(is_causal)), packed.keep, batch_first)
-        output = src
-        for layer in self.layers:
-            output = layer(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
-        return output if self.norm is None else self.norm(output)
-
-    def _packed(self, x: torch.Tensor, offsets: torch.Tensor, is_causal: bool) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer.packed_forward(x, offsets, is_causal)
-        return x if self.norm is None else self.norm(x)
+    def _packed_end_to_end(
+        self, src, tgt, src_mask, tgt_mask, memory_mask, src_key_padding_mask, tgt_key_padding_mask,
+        memory_key_padding_mask, src_is_causal, tgt_is_causal, memory_is_causal,
+    ) -> torch.Tensor | None:  # fmt: skip
+        """The output computed with the memory kept packed from the encoder into the decoder, or None where the
+        inputs, the masks or the modules do not allow it."""
+        encoder, decoder = self.encoder, self.decoder
+        if not (
+            isinstance(encoder, TransformerEncoder) and encoder._all_ours() and isinstance(decoder, TransformerDecoder)
+        ):
+            return None
+        if has_hooks(encoder) or has_hooks(decoder):  # their hooks must see them called
+            return None
+        if src_key_padding_mask is None or not _same_mask(src_key_padding_mask, memory_key_padding_mask):
+            return None
+        seq = 1 if self.batch_first else 0
+        if src_is_causal is None and src.dim() == 3:
+            src_is_causal = is_causal_mask(src_mask, src.size(seq))
+        if tgt_is_causal is None and tgt.dim() == 3:
+            tgt_is_causal = is_causal_mask(tgt_mask, tgt.size(seq))
+        src_route = padding_route(src, src_key_padding_mask, src_mask, src_is_causal, self.batch_first)
+        route = decoder_route(
+            tgt, src, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask, tgt_is_causal,
+            memory_is_causal, self.batch_first,
+        )  # fmt: skip
+        if src_route is None or route is None:
+            return None
+        source = pack_keep(src, src_route.keep, self.batch_first)
+        memory = encoder.packed(source.values, source.offsets, src_route.causal)
+        target = pack_keep(tgt, route.tgt_keep, self.batch_first)
+        out = decoder.packed(target.values, target.offsets, memory, source.offsets, route.causal, route.memory_causal)
+        return unpack_padded(out, route.tgt_keep, self.batch_first)
 
 
-class TransformerDecoderLayer(_FeedForwardLayer, nn.TransformerDecoderLayer):
-    """Drop-in ``torch.nn.TransformerDecoderLayer`` on this package's attention.
-
-    torch's forward pass, with both attention modules (``self_attn``, ``multihead_attn``) this package's
-    `MultiheadAttention`: so masks, ``tgt_is_causal`` without a mask, and jagged nested ``tgt`` and
-    ``memory`` (``batch_first=True``, lengths may differ per sequence) all work as there.
-
-    Example, run by the test suite:
-
-    ```python
-    import torch
-    import layers
-
-    layer = layers.TransformerDecoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
-    tgt, memory = torch.randn(2, 7, 32), torch.randn(2, 11, 32)
-    y = layer(tgt, memory, tgt_is_causal=True)
-    assert y.shape == (2, 7, 32)
-    ```
-    """
-
-
-class TransformerDecoder(ConfigMixin, nn.TransformerDecoder):
-    """Drop-in ``torch.nn.TransformerDecoder``: a stack of `TransformerDecoderLayer` (torch's forward).
-
-    Example, run by the test suite:
-
-    ```python
-    import torch
-    import layers
-
-    layer = layers.TransformerDecoderLayer(d_model=32, nhead=4, dim_feedforward=64, batch_first=True)
-    decoder = layers.TransformerDecoder(layer, num_layers=2, norm=torch.nn.LayerNorm(32))
-    y = decoder(torch.randn(2, 7, 32), torch.randn(2, 11, 32), tgt_is_causal=True)
-    assert y.shape == (2, 7, 32)
-    ```
-    """
-
-    def __init__(self, decoder_layer: nn.TransformerDecoderLayer, num_layers: int, norm: nn.Module | None = None):
-        if not isinstance(decoder_layer, nn.TransformerDecoderLayer):
-            raise TypeError(f"decoder_layer must be a TransformerDecoderLayer, got {type(decoder_layer).__name__}")
-        check_positive_int(num_layers, "num_layers")
-        super().__init__(decoder_layer, num_layers, norm)
-        for layer in self.layers:
-            _as_ours(layer, nn.TransformerDecoderLayer, TransformerDecoderLayer)
-
-    def get_config(self) -> dict[str, Any]:
-        return {
-            "decoder_layer": self.layers[0].get_config(),
-            "num_layers": self.num_layers,
-            "norm": _norm_config(self.norm),
-        }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TransformerDecoder:
-        config = dict(config)
-        layer = TransformerDecoderLayer.from_config(config.pop("decoder_layer"))
-        norm = _norm_from_config(config.pop("norm", None), _dtype_name(layer))
-        return cls(layer, norm=norm, **config)
-
-
-def _as_ours(layer: nn.Module, torch_cls: type, ours: type) -> None:
-    """Swap a torch layer (and its attention modules) to this package's classes, keeping every tensor.
-    A user's own subclass of the torch layer is left as it is."""
-    if type(layer) is torch_cls:
-        layer.__class__ = ours
-    _swap_attention(layer)
+def _same_mask(a: torch.Tensor, b: torch.Tensor | None) -> bool:
+    return b is not None and (a is b or (a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))))

@@ -32,7 +32,7 @@ class Block(nn.Module):
     def __init__(self, n_embd: int, n_head: int, dropout: float) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(n_embd)
-        self.attn = layers.CausalSelfAttention(n_embd, n_head, dropout=dropout)
+        self.attn = layers.CausalSelfAttention(n_head, n_embd, bias=True, is_causal=True, dropout=dropout)
         self.ln_2 = nn.LayerNorm(n_embd)
         self.mlp = nn.Sequential(
             nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout)

@@ -41,7 +41,7 @@ LAYERS = {
     "encoder no norm": lambda: layers.TransformerEncoder(encoder_layer(), 2, enable_nested_tensor=False),
     "decoder layer": lambda: decoder_layer(norm_first=True),
     "decoder": lambda: layers.TransformerDecoder(decoder_layer(), 2, norm=nn.LayerNorm(16, eps=1e-6)),
-    "causal self-attention": lambda: layers.CausalSelfAttention(16, 4, dropout=0.1, bias=False),
+    "causal self-attention": lambda: layers.CausalSelfAttention(4, 16, dropout=0.1, is_causal=True),
 }
 
 
@@ -127,7 +127,9 @@ def test_convert_leaves_user_subclasses_and_rejects_non_modules():
 def test_repr_is_readable():
     text = repr(layers.MultiheadAttention(16, 4, dropout=0.1, batch_first=True))
     assert text.startswith("MultiheadAttention(\n  16, num_heads=4, dropout=0.1, batch_first=True\n")
-    assert repr(layers.CausalSelfAttention(16, 4)).startswith("CausalSelfAttention(\n  16, num_heads=4, dropout=0.0\n")
+    assert repr(layers.CausalSelfAttention(4, 16)).startswith(
+        "CausalSelfAttention(\n  num_heads=4, embed_dimension=16, is_causal=False\n"
+    )
 
 
 CONSTRUCTOR_ERRORS = [
@@ -142,7 +144,7 @@ CONSTRUCTOR_ERRORS = [
         "encoder_layer must be a TransformerEncoderLayer",
     ),
     (lambda: layers.TransformerDecoder(layers.TransformerDecoderLayer(8, 2), 0), ValueError, "num_layers must be a"),
-    (lambda: layers.CausalSelfAttention(12, 5), ValueError, "embed_dim=12 is not divisible by num_heads=5"),
+    (lambda: layers.CausalSelfAttention(5, 12), ValueError, "embed_dimension=12 is not divisible by num_heads=5"),
 ]
 
 
@@ -155,17 +157,17 @@ def test_constructor_errors(make, error, message):
 def test_forward_errors():
     layer = layers.TransformerEncoderLayer(8, 2, batch_first=False)
     x = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(5, 8)], layout=torch.jagged)
-    with pytest.raises(ValueError, match=re.escape("nested inputs need batch_first=True")):
+    with pytest.raises(ValueError, match=re.escape("src is a nested tensor, which needs batch_first=True")):
         layer(x)
     layer = layers.TransformerEncoderLayer(8, 2, batch_first=True)
     with pytest.raises(ValueError, match="nested inputs take no attention or key padding mask"):
         layer(x, src_key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))
-    with pytest.raises(TypeError, match=re.escape("src_key_padding_mask must be bool (True = masked out")):
+    with pytest.raises(TypeError, match=re.escape("only bool and floating types of src_key_padding_mask")):
         layer(torch.randn(2, 5, 8), src_key_padding_mask=torch.zeros(2, 5, dtype=torch.long))
     with pytest.raises(ValueError, match=re.escape("key_padding_mask must have shape (N, L) = (2, 5)")):
         layer(torch.randn(2, 5, 8), src_key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match=re.escape("expected input (N, L, 8), got shape (5, 8)")):
-        layers.CausalSelfAttention(8, 2)(torch.randn(5, 8))
+    with pytest.raises(ValueError, match=re.escape("expected input (N, L, 8) or a nested (N, j, 8), got shape (5, 8)")):
+        layers.CausalSelfAttention(2, 8)(torch.randn(5, 8))
 
 
 def test_packing_round_trip_and_errors():

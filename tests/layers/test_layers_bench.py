@@ -27,6 +27,6 @@ def test_layer_bench_writes_table_json_and_plot(tmp_path, capsys):
 def test_models_share_weights():
     args = bench.parse_args("--d-model 16 --nhead 2 --dim-feedforward 32".split())
     theirs, ours = bench.build_models(args, device="cpu", dtype=None)
-    assert type(ours.layers[0]).__module__ == "layers.transformer"
+    assert type(ours.layers[0]).__module__ == "layers.encoder"
     for (name, a), (_, b) in zip(theirs.state_dict().items(), ours.state_dict().items(), strict=True):
         assert a.data_ptr() != b.data_ptr() and a.equal(b), name

@@ -40,7 +40,7 @@ CASES = {
         lambda: layers.TransformerDecoderLayer(D, H, 64, dropout=0.0, batch_first=True),
         lambda m, x: m(x, x.flip(1), tgt_is_causal=True),
     ),
-    "CausalSelfAttention": (lambda: layers.CausalSelfAttention(D, H), lambda m, x: m(x)),
+    "CausalSelfAttention": (lambda: layers.CausalSelfAttention(H, D, bias=True, is_causal=True), lambda m, x: m(x)),
 }
 
 

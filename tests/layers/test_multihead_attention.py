@@ -264,7 +264,7 @@ def test_forward_errors():
         (
             {"attn_mask": torch.ones(L, S, dtype=torch.int32)},
             TypeError,
-            "attn_mask must be bool (True = masked out",
+            "only bool and floating types of attn_mask are supported (as in torch.nn), got torch.int32",
         ),
         (
             {"key_padding_mask": torch.ones(N, L, dtype=torch.bool)},
@@ -274,7 +274,7 @@ def test_forward_errors():
         (
             {"key_padding_mask": torch.ones(N, S, dtype=torch.long)},
             TypeError,
-            "key_padding_mask must be bool",
+            "only bool and floating types of key_padding_mask are supported",
         ),
     ]
     for kwargs, error, message in cases:
@@ -290,12 +290,12 @@ def test_forward_errors():
 
 def test_nested_errors():
     _, x = nested([2, 5])
-    with pytest.raises(ValueError, match=re.escape("nested inputs need batch_first=True")):
+    with pytest.raises(ValueError, match=re.escape("query is a nested tensor, which needs batch_first=True")):
         layers.MultiheadAttention(E, H)(x, x, x, need_weights=False)
     mha = layers.MultiheadAttention(E, H, batch_first=True)
     with pytest.raises(ValueError, match=re.escape("need_weights=True is not supported with nested inputs")):
         mha(x, x, x)
     with pytest.raises(ValueError, match="nested inputs take no key_padding_mask or attn_mask"):
         mha(x, x, x, need_weights=False, attn_mask=torch.ones(5, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="key must be a jagged nested tensor"):
+    with pytest.raises(ValueError, match="key is a dense tensor but another input is nested"):
         mha(x, torch.randn(2, 5, E), torch.randn(2, 5, E), need_weights=False)

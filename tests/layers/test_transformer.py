@@ -175,14 +175,21 @@ def test_decoder_layer(options, training):
     ours, theirs = twins(layers.TransformerDecoderLayer, nn.TransformerDecoderLayer, D, H, **layer_kwargs(**options))
     ours.train(training), theirs.train(training)
     batch_first = options.get("batch_first", True)
+    tgt_pad = padding(T)
     inputs = {
         "tgt": seq(T, batch_first),
         "memory": seq(S, batch_first),
         "tgt_mask": nn.Transformer.generate_square_subsequent_mask(T),
         "memory_key_padding_mask": padding(S),
-        "tgt_key_padding_mask": padding(T),
+        "tgt_key_padding_mask": tgt_pad,
     }
-    compare(ours, theirs, inputs, lambda m, **kw: m(**kw, tgt_is_causal=True))
+    keep = ~tgt_pad if batch_first else ~tgt_pad.T
+
+    def call(m, **kw):  # real target tokens only: padded positions are 0 in ours (the layer skips them)
+        return m(**kw, tgt_is_causal=True)[keep]
+
+    compare(ours, theirs, inputs, call)
+    assert (ours(**inputs, tgt_is_causal=True)[~keep] == 0).all()
 
 
 def test_decoder_stack_with_memory_mask():
@@ -260,7 +267,7 @@ def test_nested_decoder_layer():
 
 
 def test_causal_self_attention_matches_nanogpt_math():
-    attn = layers.CausalSelfAttention(D, H)
+    attn = layers.CausalSelfAttention(H, D, bias=True, is_causal=True)
     x = torch.randn(N, S, D, requires_grad=True)
     y = attn(x)
     q, k, v = attn.c_attn(x).split(D, dim=2)
@@ -273,7 +280,7 @@ def test_causal_self_attention_matches_nanogpt_math():
 
 
 def test_causal_self_attention_nested():
-    attn = layers.CausalSelfAttention(D, H)
+    attn = layers.CausalSelfAttention(H, D, bias=True, is_causal=True)
     check_per_sequence(attn, [2, 9, 4], lambda m, x: m(x), lambda m, x: m(x))
 
 
@@ -284,7 +291,7 @@ def test_compile_fullgraph_no_graph_break():
         layers.TransformerEncoder(
             layers.TransformerEncoderLayer(D, H, **layer_kwargs()), 2, enable_nested_tensor=False
         ),
-        layers.CausalSelfAttention(D, H),
+        layers.CausalSelfAttention(H, D, bias=True, is_causal=True),
     )
     x = torch.randn(N, S, D)
     expected = model(x)
