@@ -24,6 +24,9 @@ import functools
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
+
+from .masks import Band, band_of
 
 DenseAttention = Callable[..., torch.Tensor]
 
@@ -84,9 +87,25 @@ def _split(order: list[int], q_lens: list[int], k_lens: list[int]) -> list[list[
     return groups
 
 
+def band_for(is_causal: bool, attn_mask: object) -> Band | None:
+    """The band of a variable-length call: ``is_causal`` (top-left causal) or a band given as ``attn_mask``."""
+    band = band_of(attn_mask)
+    return Band(None, None, None, 0) if is_causal and band is None else band
+
+
+def _band_keep(band: Band | None, lq: int, lk: int, q_len: int, k_len: int) -> torch.Tensor:
+    """``(lq, lk)`` bool: the key columns a sequence of ``q_len``/``k_len`` tokens may see, padded to ``lq``/``lk``."""
+    keep = (torch.arange(lk) < k_len)[None, :].expand(lq, lk)
+    if band is not None:
+        keep = keep & F.pad(band.materialize(q_len, k_len), (0, lk - k_len, 0, lq - q_len))
+    return keep
+
+
 @functools.lru_cache(maxsize=64)
-def plan(q_lens: tuple[int, ...], k_lens: tuple[int, ...], is_causal: bool, device: torch.device) -> Plan:
-    """The buckets of a batch, its gather indices and masks (cached: every layer of a model sees the same lengths)."""
+def plan(q_lens: tuple[int, ...], k_lens: tuple[int, ...], band: Band | None, device: torch.device) -> Plan:
+    """The buckets of a batch, its gather indices and masks (cached: every layer of a model sees the same lengths).
+    ``band`` applies to each sequence with its own lengths."""
+    is_causal = band is not None and band.is_causal_upper_left()
     order = sorted((b for b in range(len(q_lens)) if q_lens[b] > 0), key=lambda b: (-k_lens[b], -q_lens[b]))
     q_starts = [0]
     k_starts = [0]
@@ -106,12 +125,8 @@ def plan(q_lens: tuple[int, ...], k_lens: tuple[int, ...], is_causal: bool, devi
                 out_index[row] = q0 + i * lq + j
         ragged = any(q_lens[b] != lq or k_lens[b] != lk for b in group)
         mask = None
-        if ragged or (is_causal and lq != lk):
-            keys = torch.tensor([k_lens[b] for b in group])[:, None] > torch.arange(lk)  # (n, Lk)
-            mask = keys[:, None, None, :]  # (n, 1, 1, Lk)
-            if is_causal:
-                mask = mask & torch.ones(lq, lk, dtype=torch.bool).tril()
-            mask = mask.to(device)
+        if ragged or (band is not None and not (is_causal and lq == lk)):
+            mask = torch.stack([_band_keep(band, lq, lk, q_lens[b], k_lens[b]) for b in group])[:, None].to(device)
         bucket = Bucket(tuple(group), lq, lk, slice(q0, len(q_index)), slice(k0, len(k_index)), mask, is_causal)
         buckets.append(dataclasses.replace(bucket, causal=is_causal and mask is None))
     as_index = functools.partial(torch.tensor, dtype=torch.long, device=device)
@@ -130,16 +145,18 @@ def packed_attention(
     is_causal: bool,
     scale: float | None,
     enable_gqa: bool,
+    attn_mask: Band | None = None,
 ) -> torch.Tensor:
     """Run ``attend`` (a dense F.sdpa-like function) on the buckets of packed sequences.
 
     Shapes: ``query (Tq, Hq, E)``, ``key (Tk, Hk, E)``, ``value (Tk, Hk, Ev)`` -> ``(Tq, Hq, Ev)``; sequence
-    ``b`` has ``q_lens[b]`` query and ``k_lens[b]`` key tokens. A sequence with no keys gives zeros.
+    ``b`` has ``q_lens[b]`` query and ``k_lens[b]`` key tokens. A sequence with no keys gives zeros. A band mask
+    (``attn_mask``) applies to each sequence with its own lengths.
     """
     heads, head_dim_v = query.size(1), value.size(-1)
     if query.size(0) == 0:
         return query.new_zeros(0, heads, head_dim_v)
-    p = plan(tuple(q_lens), tuple(k_lens), bool(is_causal), query.device)
+    p = plan(tuple(q_lens), tuple(k_lens), band_for(is_causal, attn_mask), query.device)
     q_all = query.index_select(0, p.q_index)  # (sum n * Lq, H, E): one gather per operand
     k_all, v_all = key.index_select(0, p.k_index), value.index_select(0, p.k_index)
     outputs = []
@@ -169,6 +186,7 @@ def padded_attention(
     is_causal: bool,
     scale: float | None,
     enable_gqa: bool,
+    attn_mask: Band | None = None,
 ) -> torch.Tensor:
     """`packed_attention` without reading the lengths on the host, for ``torch.compile``: the batch padded to
     its longest sequence (torch's nested-to-padded conversion), one masked dense call, the real rows gathered
@@ -179,11 +197,18 @@ def padded_attention(
         return torch.nested.to_padded_tensor(nested, 0.0).unflatten(-1, t.shape[1:])
 
     q, k, v = padded(query, cu_q), padded(key, cu_k), padded(value, cu_k)  # (B, L, H, E)
-    k_lens = (cu_k[1:] - cu_k[:-1])[:, None]  # (B, 1)
-    mask = (torch.arange(k.size(1), device=k.device) < k_lens)[:, None, None, :]  # (B, 1, 1, Lk)
-    if is_causal:
+    k_lens = (cu_k[1:] - cu_k[:-1])[:, None, None, None]  # (B, 1, 1, 1)
+    cols = torch.arange(k.size(1), device=k.device)
+    mask = cols < k_lens  # (B, 1, 1, Lk)
+    band = band_for(is_causal, attn_mask)
+    if band is not None:  # per sequence: the diagonal's shift is that sequence's S - L
         rows = torch.arange(q.size(1), device=q.device)[:, None]
-        mask = mask & (torch.arange(k.size(1), device=k.device) <= rows)  # (B, 1, Lq, Lk)
+        shift = (k_lens - (cu_q[1:] - cu_q[:-1])[:, None, None, None]) if band.lower_right else 0
+        rel = cols - rows - shift  # (B, 1, Lq, Lk)
+        if band.right is not None:
+            mask = mask & (rel <= band.right)
+        if band.left is not None:
+            mask = mask & (rel >= -band.left)
     out = attend(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
         attn_mask=mask, dropout_p=dropout_p, is_causal=False, scale=scale, enable_gqa=enable_gqa,

@@ -12,6 +12,8 @@ import numbers
 
 import torch
 
+from .masks import Band, band_of
+
 _NAMES = ("query", "key", "value")
 
 
@@ -49,7 +51,27 @@ def validate_sdpa_args(
                 "attn_mask and is_causal=True were both given; pass one of them: fold the causal pattern "
                 "into the mask (mask & torch.ones(L, S, dtype=torch.bool).tril()) and set is_causal=False"
             )
-        _check_mask(attn_mask, query, key)
+        band = band_of(attn_mask)
+        if band is not None:
+            _check_band(band, None if query.is_nested else (query.size(-2), key.size(-2)))
+        else:
+            _check_mask(attn_mask, query, key)
+
+
+def _check_band(band: Band, lengths: tuple[int, int] | None) -> None:
+    """A band mask: made for these lengths (dense), or for any length (variable length: per sequence)."""
+    made_for = (band.L, band.S)
+    if lengths is None:
+        if made_for != (None, None):
+            raise ValueError(
+                f"the attn_mask ({band.describe()}) was made for lengths L={band.L}, S={band.S}, but the sequences "
+                "have their own lengths; make it for any length, e.g. kernels.sliding_window(None, None, left=...)"
+            )
+    elif made_for != (None, None) and made_for != lengths:
+        raise ValueError(
+            f"the attn_mask ({band.describe()}) was made for L={band.L}, S={band.S} but query and key have "
+            f"L={lengths[0]}, S={lengths[1]}; make it for these lengths"
+        )
 
 
 def validate_varlen_args(
@@ -62,6 +84,7 @@ def validate_varlen_args(
     is_causal: object,
     scale: object,
     enable_gqa: object,
+    attn_mask: object = None,
 ) -> tuple[list[int], list[int]] | None:
     """Checks of `kernels.varlen_attention`'s arguments, the offsets' values too except while compiling;
     returns the query and key lengths it read from them (None while compiling)."""
@@ -85,6 +108,16 @@ def validate_varlen_args(
         )
     if hq % hk:
         raise ValueError(f"enable_gqa=True needs the query heads ({hq}) to be a multiple of the key/value heads ({hk})")
+    if attn_mask is not None:
+        band = band_of(attn_mask)
+        if band is None:
+            raise TypeError(
+                f"varlen_attention takes a band mask as attn_mask (kernels.sliding_window(None, None, ...)), got "
+                f"{type(attn_mask).__name__}; a mask tensor has no single meaning over sequences of different lengths"
+            )
+        if is_causal:
+            raise ValueError("attn_mask and is_causal=True were both given; pass one of them")
+        _check_band(band, None)
     q_lens = _check_cu_seqlens(cu_seqlens_q, "cu_seqlens_q", query)
     k_lens = _check_cu_seqlens(cu_seqlens_k, "cu_seqlens_k", key)
     if cu_seqlens_q.numel() != cu_seqlens_k.numel():
@@ -200,10 +233,10 @@ def _check_nested(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, a
                 f"nested {name} has holes (built with lengths, e.g. by torch.nested.narrow); "
                 f"call {name}.contiguous() first"
             )
-    if attn_mask is not None:
+    if attn_mask is not None and band_of(attn_mask) is None:
         raise ValueError(
-            "attn_mask is not supported with nested inputs; use is_causal=True for causal attention, "
-            "or pad the batch to a dense tensor and pass the mask"
+            "a mask tensor is not supported with nested inputs; use is_causal=True for causal attention, a band made "
+            "for any length (kernels.sliding_window(None, None, ...)), or pad the batch to a dense tensor"
         )
     batch = query.size(0)
     for name, t in (("key", key), ("value", value)):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from . import triton as fused
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
 from .reference import attention_reference
+from .window import with_bands
 
 
 def torch_sdpa(
@@ -56,9 +57,9 @@ def torch_sdpa(
     return out if empty is None else out.masked_fill(empty, 0.0)
 
 
-DENSE = {
-    Backend.TORCH: torch_sdpa,
-    Backend.MATH: attention_reference,
+DENSE = {  # band masks (`kernels.masks`): the fused kernels take them as they are, the others through with_bands
+    Backend.TORCH: with_bands(torch_sdpa, chunked=True),
+    Backend.MATH: with_bands(attention_reference, chunked=False),
     Backend.TRITON: fused.attention,
 }
 
@@ -70,9 +71,10 @@ def unavailable_reasons(
     value: torch.Tensor | None = None,
     attn_mask: torch.Tensor | None = None,
     varlen: bool = False,
+    decode: bool = False,
 ) -> list[str]:
     if backend is Backend.TRITON:
-        return fused.unavailable_reasons(query, key, value, attn_mask, varlen)
+        return fused.unavailable_reasons(query, key, value, attn_mask, varlen, decode)
     return []  # TORCH and MATH serve every input that passed validation
 
 
@@ -82,12 +84,14 @@ def select(
     value: torch.Tensor | None = None,
     attn_mask: torch.Tensor | None = None,
     varlen: bool = False,
+    decode: bool = False,
 ) -> tuple[Backend, dict[Backend, list[str]]]:
-    """The first enabled backend that can serve the inputs, and the reasons of those tried before it."""
+    """The first enabled backend that can serve the inputs, and the reasons of those tried before it (``decode``:
+    a `kernels.decode_attention` call whose inputs require grad, which the fused decode kernel cannot serve)."""
     order = enabled_backends() or default_order(query.device.type)
     skipped: dict[Backend, list[str]] = {}
     for backend in order:
-        reasons = unavailable_reasons(backend, query, key, value, attn_mask, varlen)
+        reasons = unavailable_reasons(backend, query, key, value, attn_mask, varlen, decode)
         if not reasons:
             return backend, skipped
         skipped[backend] = reasons

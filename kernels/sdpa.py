@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from . import triton as fused
-from ._nested import as_jagged, like, packed_attention, padded_attention, plan
+from ._nested import as_jagged, band_for, like, packed_attention, padded_attention, plan
 from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
 from .dispatch import DENSE, profiled, select, unavailable_reasons
@@ -81,6 +81,8 @@ def scaled_dot_product_attention(
             return attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     q, k, v = (t.values().transpose(0, 1) for t in (query, key, value))  # (T, H, E) views of the buffers
     options = {"dropout_p": dropout_p, "is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
+    if attn_mask is not None:  # a band (validated): it applies to each sequence
+        options["attn_mask"] = attn_mask
     with profiled("nested_attention", backend):
         if backend is Backend.TRITON:  # one launch; the offsets stay on the device (no host sync)
             out = fused.varlen_attention(q, k, v, query.offsets(), key.offsets(), **options)
@@ -228,7 +230,9 @@ def _detail(
     if query.is_nested:
         if backend is Backend.TRITON:
             return f"the fused kernel's variable-length mode: one launch for {query.size(0)} sequences"
-        n = len(plan(tuple(_lengths(query)), tuple(_lengths(key)), is_causal, query.device).buckets)
+        n = len(
+            plan(tuple(_lengths(query)), tuple(_lengths(key)), band_for(is_causal, attn_mask), query.device).buckets
+        )
         how = "torch's dense SDPA" if backend is Backend.TORCH else "the reference attention"
         return f"{how} on buckets of similar lengths: {n} call(s) for {query.size(0)} sequences"
     if backend is Backend.TORCH:

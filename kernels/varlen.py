@@ -23,6 +23,7 @@ def varlen_attention(
     is_causal: bool = False,
     scale: float | None = None,
     enable_gqa: bool = False,
+    attn_mask=None,
 ) -> torch.Tensor:
     """Attention over a batch of sequences stored back to back, without padding.
 
@@ -35,7 +36,9 @@ def varlen_attention(
         cu_seqlens_k   (B + 1,) int   likewise for key and value
         returns        (Tq, H,  Ev)
 
-    Each sequence attends to its own keys only; ``is_causal`` is top-left aligned per sequence; a sequence
+    Each sequence attends to its own keys only; ``is_causal`` is top-left aligned per sequence, and a band mask
+    (``attn_mask=kernels.sliding_window(None, None, left, right, lower_right)``) applies to each sequence with its
+    own lengths (bottom-right aligned: what queries appended to a key/value cache need); a sequence
     with no keys gives zeros. The other arguments are those of `scaled_dot_product_attention`, and so is the
     backend choice (`sdpa_kernel`): this is what that function runs for jagged nested tensors, without the
     nested wrapper, for layers that already hold packed tokens.
@@ -57,10 +60,12 @@ def varlen_attention(
     ```
     """
     lengths = validate_varlen_args(
-        query, key, value, cu_seqlens_q, cu_seqlens_k, dropout_p, is_causal, scale, enable_gqa
+        query, key, value, cu_seqlens_q, cu_seqlens_k, dropout_p, is_causal, scale, enable_gqa, attn_mask
     )  # read once (a host sync on CUDA), except while compiling
     backend, _ = select(query, key, value, varlen=True)
     options = {"dropout_p": dropout_p, "is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
+    if attn_mask is not None:
+        options["attn_mask"] = attn_mask
     with profiled("varlen_attention", backend):
         if backend is Backend.TRITON:  # one launch over the packed tokens, offsets read on the device
             return fused.varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k, **options)

@@ -12,6 +12,7 @@ from .convert import convert, revert
 from .decoder import TransformerDecoder, TransformerDecoderLayer
 from .encoder import TransformerEncoder, TransformerEncoderLayer
 from .errors import ArgumentError, ArgumentTypeError, RuntimeArgumentError
+from .kv_cache import KVCache
 from .packing import Packed, pack_padded, unpack_padded
 from .serialization import safe_globals
 from .transformer import Transformer
@@ -20,6 +21,7 @@ __all__ = [
     "ArgumentError",
     "ArgumentTypeError",
     "CausalSelfAttention",
+    "KVCache",
     "MultiheadAttention",
     "Packed",
     "RuntimeArgumentError",

@@ -33,6 +33,7 @@ from ._masks import (
 )
 from .config import ConfigMixin, check_dropout, check_heads, check_positive_int, dtype_name
 from .errors import ArgumentError, RuntimeArgumentError
+from .kv_cache import KVCache, cached_attention
 from .nested import as_jagged, check_nested, like, wrap
 from .scripting import TorchScriptable
 
@@ -180,8 +181,17 @@ class MultiheadAttention(TorchScriptable, ConfigMixin, nn.MultiheadAttention):
         attn_mask: torch.Tensor | None = None,
         average_attn_weights: bool = True,
         is_causal: bool = False,
+        *,
+        kv_cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """As ``torch.nn.MultiheadAttention.forward``; also takes nested tensors (see the class)."""
+        """As ``torch.nn.MultiheadAttention.forward``; also takes nested tensors (see the class).
+
+        ``kv_cache`` (a `KVCache`, for incremental decoding): with ``query is key``, self-attention whose new tokens'
+        keys/values are appended to the cache and which attends over everything cached (causal); otherwise
+        cross-attention to ``key``/``value`` (a decoder's memory), whose projections the cache keeps after the first
+        call. Weights are not returned (``None``)."""
+        if kv_cache is not None:
+            return self._forward_cached(query, key, value, key_padding_mask, attn_mask, is_causal, kv_cache), None
         if query.is_nested or key.is_nested or value.is_nested:
             return self._forward_nested(query, key, value, key_padding_mask, need_weights, attn_mask, is_causal), None
         return self._forward_dense(
@@ -307,6 +317,37 @@ class MultiheadAttention(TorchScriptable, ConfigMixin, nn.MultiheadAttention):
         q, k, v = self._project(q_vals, k_vals, v_vals)
         out = self.packed_forward(q, k, v, query.offsets(), key.offsets(), is_causal)
         return like(wrap(out, query.offsets()), original)
+
+    def _forward_cached(self, query, key, value, key_padding_mask, attn_mask, is_causal, cache: KVCache):
+        """Incremental decoding (see `forward`): dense ``(N, T, E)`` new tokens (``(T, N, E)`` unless batch_first)."""
+        if query.is_nested or query.dim() != 3:
+            raise ArgumentError(f"kv_cache takes batched dense new tokens, got {tuple(query.shape)}")
+        if self.bias_k is not None or self.add_zero_attn:
+            raise ArgumentError("add_bias_kv and add_zero_attn are not supported with a kv_cache")
+        if self.training and self.dropout > 0:
+            raise ArgumentError("kv_cache is for inference: call .eval() (attention dropout is not applied to caches)")
+        x = query if self.batch_first else query.transpose(0, 1)  # (N, T, E)
+        H = self.num_heads
+        if query is key:  # self-attention over the cache
+            if key_padding_mask is not None or (attn_mask is not None and not is_causal):
+                raise ArgumentError(
+                    "with a kv_cache, self-attention is causal over the cached tokens: pass no key_padding_mask and "
+                    "no attn_mask but the causal one (with is_causal=True)"
+                )
+            q, k, v = (t.unflatten(-1, (H, -1)) for t in self._project(x, x, x))  # (N, T, H, D)
+            out = cached_attention(q, k, v, cache)
+        else:  # cross-attention: the memory's keys/values, projected once
+            memory_k = key if self.batch_first else key.transpose(0, 1)
+            memory_v = value if self.batch_first else value.transpose(0, 1)
+            if cache.memory is None:
+                _, k, v = self._project(memory_k[:, :1], memory_k, memory_v)
+                cache.memory = (k.unflatten(-1, (H, -1)).transpose(1, 2), v.unflatten(-1, (H, -1)).transpose(1, 2))
+            q = self._project(x, memory_k[:, :1], memory_v[:, :1])[0].unflatten(-1, (H, -1)).transpose(1, 2)
+            check_mask_dtype(key_padding_mask, "key_padding_mask")
+            mask = merge_masks(attn_mask, key_padding_mask, x.size(0), H, q.dtype)
+            out = kernels.scaled_dot_product_attention(q, *cache.memory, mask).transpose(1, 2)  # (N, T, H, D)
+        out = self.out_proj(out.flatten(-2))  # (N, T, E)
+        return out if self.batch_first else out.transpose(0, 1)
 
     def packed_forward(self, q, k, v, q_offsets, k_offsets, is_causal: bool) -> torch.Tensor:
         """Attention and output projection on projected, packed tokens: ``(Tq, E)`` -> ``(Tq, E)``."""

@@ -16,35 +16,18 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import kernels
 
 from .attention import packed_attention
 from .config import ConfigMixin, check_dropout, check_heads, dtype_name
 from .errors import ArgumentError
+from .kv_cache import KVCache, cached_attention
 from .nested import as_jagged, check_nested, like, wrap
+from ._scripted import ScriptedCausalSelfAttention
 from .scripting import TorchScriptable
 
 __all__ = ["CausalSelfAttention"]
-
-
-class _ScriptedCausalSelfAttention(nn.Module):
-    """What TorchScript compiles for `CausalSelfAttention` (dense inputs): the same math with torch's SDPA."""
-
-    num_heads: int
-    dropout: float
-    is_causal: bool
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, length, embed = x.shape
-        qkv = self.c_attn(x).view(batch, length, 3, self.num_heads, embed // self.num_heads)
-        q, k, v = qkv.unbind(2)
-        dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout, is_causal=self.is_causal
-        )
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(batch, length, embed)))
 
 
 class CausalSelfAttention(TorchScriptable, ConfigMixin, nn.Module):
@@ -73,7 +56,7 @@ class CausalSelfAttention(TorchScriptable, ConfigMixin, nn.Module):
     ```
     """
 
-    _scripted_as = _ScriptedCausalSelfAttention
+    _scripted_as = ScriptedCausalSelfAttention
 
     def __init__(
         self,
@@ -124,7 +107,12 @@ class CausalSelfAttention(TorchScriptable, ConfigMixin, nn.Module):
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, embed_dimension={self.embed_dimension}, is_causal={self.is_causal}"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """``x (N, L, E)`` or nested ``(N, j, E)`` -> the same. With ``kv_cache`` (a `KVCache`), ``x`` holds the new
+        tokens only: their keys/values are appended to the cache and they attend over everything cached (bottom-right
+        causal); a nested ``x`` adds a different number of tokens to each sequence (prompts of different lengths)."""
+        if kv_cache is not None:
+            return self._forward_cached(x, kv_cache)
         dropout_p = self.dropout if self.training else 0.0
         if x.is_nested:
             check_nested("x", x, self.embed_dimension, batch_first=True)
@@ -141,6 +129,23 @@ class CausalSelfAttention(TorchScriptable, ConfigMixin, nn.Module):
         q, k, v = (t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in self.c_attn(x).chunk(3, dim=-1))
         y = kernels.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=self.is_causal)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).flatten(-2)))  # (N, L, E)
+
+    def _forward_cached(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        if not self.is_causal:
+            raise ArgumentError("kv_cache needs is_causal=True: decoding attends to the past only")
+        if self.training and self.dropout > 0:
+            raise ArgumentError("kv_cache is for inference: call .eval() (attention dropout is not applied to caches)")
+        if x.is_nested:
+            check_nested("x", x, self.embed_dimension, batch_first=True)
+            jagged = as_jagged(x)
+            q, k, v = (t.unflatten(-1, (self.num_heads, -1)) for t in self.c_attn(jagged.values()).chunk(3, dim=-1))
+            y = cached_attention(q, k, v, cache, jagged.offsets())  # (T, H, D)
+            return like(wrap(self.resid_dropout(self.c_proj(y.flatten(-2))), jagged.offsets()), x)
+        if x.dim() != 3 or x.size(-1) != self.embed_dimension:
+            raise ArgumentError(f"expected new tokens (N, T, {self.embed_dimension}), got shape {tuple(x.shape)}")
+        q, k, v = (t.unflatten(-1, (self.num_heads, -1)) for t in self.c_attn(x).chunk(3, dim=-1))  # (N, T, H, D)
+        y = cached_attention(q, k, v, cache)
+        return self.resid_dropout(self.c_proj(y.flatten(-2)))
 
 
 def _one_of(name: str, value: int | None, alias: str, alias_value: int | None) -> int:

@@ -23,10 +23,11 @@ from ._layer import (
     zero_padding,
 )
 from ._layer import _dtype_name as dtype_name
-from ._masks import check_mask_dtype, is_causal_mask, padding_keep, tracing
+from ._masks import check_mask_dtype, drop_noop, is_causal_mask, padding_keep, tracing
 from .attention import has_hooks
 from .config import ConfigMixin
 from .errors import ArgumentError, ArgumentTypeError
+from .kv_cache import KVCache
 from .nested import as_jagged, check_nested, like, wrap
 from .packing import pack_keep, unpack_padded
 from .scripting import TorchScriptable
@@ -103,11 +104,19 @@ class TransformerDecoderLayer(FeedForwardLayer, nn.TransformerDecoderLayer):
         memory_key_padding_mask: torch.Tensor | None = None,
         tgt_is_causal: bool = False,
         memory_is_causal: bool = False,
+        *,
+        kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
+        """torch's forward. With ``kv_cache`` (a `KVCache`), ``tgt`` holds the new target tokens only: self-attention
+        appends them to the cache and attends over it (causal), cross-attention projects ``memory`` once into the
+        cache."""
         masks = (tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask)
         for name, mask in zip(MASK_NAMES, masks, strict=True):
             check_mask_dtype(mask, name)
         batch_first = self.self_attn.batch_first
+        if kv_cache is not None:
+            return self._forward_cached(tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask,
+                                        memory_key_padding_mask, kv_cache)  # fmt: skip
         if tgt.is_nested or memory.is_nested:
             x, x_offsets, mem, mem_offsets = _nested_pair(tgt, memory, batch_first, masks)
             out = self.packed_forward(x, x_offsets, mem, mem_offsets, bool(tgt_is_causal), bool(memory_is_causal))
@@ -126,6 +135,28 @@ class TransformerDecoderLayer(FeedForwardLayer, nn.TransformerDecoderLayer):
             self.norm2,
         )
         return zero_padding(self._residual(out, self._ff_block, self.norm3), tgt_key_padding_mask, batch_first)
+
+    def _forward_cached(self, tgt, memory, tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask, cache):
+        if tgt_key_padding_mask is not None or (tgt_mask is not None and drop_noop(tgt_mask) is not None
+                                                and not is_causal_mask(tgt_mask, tgt_mask.size(-1))):  # fmt: skip
+            raise ArgumentError(
+                "with a kv_cache the target is decoded causally: pass no tgt_key_padding_mask and no tgt_mask but "
+                "the causal one"
+            )
+
+        def attend(x: torch.Tensor) -> torch.Tensor:
+            return self.dropout1(self.self_attn(x, x, x, need_weights=False, kv_cache=cache)[0])
+
+        def cross(x: torch.Tensor) -> torch.Tensor:
+            out = self.multihead_attn(
+                x, memory, memory, key_padding_mask=memory_key_padding_mask, attn_mask=memory_mask,
+                need_weights=False, kv_cache=cache,
+            )[0]  # fmt: skip
+            return self.dropout2(out)
+
+        x = self._residual(tgt, attend, self.norm1)
+        x = self._residual(x, cross, self.norm2)
+        return self._residual(x, self._ff_block, self.norm3)
 
     def packed_forward(self, x, x_offsets, memory, memory_offsets, is_causal: bool, memory_is_causal: bool):
         """The layer on packed target tokens ``x (T, E)`` and packed ``memory (S_total, E)`` -> ``(T, E)``."""
@@ -210,10 +241,22 @@ class TransformerDecoder(TorchScriptable, ConfigMixin, nn.TransformerDecoder):
         memory_key_padding_mask: torch.Tensor | None = None,
         tgt_is_causal: bool | None = None,
         memory_is_causal: bool = False,
+        *,
+        kv_cache: list[KVCache] | None = None,
     ) -> torch.Tensor:
+        """torch's forward; with ``kv_cache`` (one `KVCache` per layer, e.g. ``KVCache.for_decoder(decoder, ...)``)
+        ``tgt`` holds the new target tokens only (incremental decoding, see `TransformerDecoderLayer.forward`)."""
         masks = (tgt_mask, memory_mask, tgt_key_padding_mask, memory_key_padding_mask)
         for name, mask in zip(MASK_NAMES, masks, strict=True):
             check_mask_dtype(mask, name)
+        if kv_cache is not None:
+            if len(kv_cache) != len(self.layers):
+                raise ArgumentError(f"kv_cache holds {len(kv_cache)} caches for {len(self.layers)} layers")
+            output = tgt
+            for layer, cache in zip(self.layers, kv_cache, strict=True):
+                output = layer(output, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                               memory_key_padding_mask=memory_key_padding_mask, kv_cache=cache)  # fmt: skip
+            return output if self.norm is None else self.norm(output)
         batch_first = self.layers[0].self_attn.batch_first
         if tgt.is_nested or memory.is_nested:
             x, x_offsets, mem, mem_offsets = _nested_pair(tgt, memory, batch_first, masks)

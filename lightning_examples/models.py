@@ -22,6 +22,7 @@ import torchmetrics
 from pytorch_lightning.utilities import rank_zero_info
 
 import layers
+from layers.kv_cache import generate
 
 __all__ = ["CharGPT", "GPTBackbone", "SequenceClassifier"]
 
@@ -38,8 +39,8 @@ class Block(nn.Module):
             nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd), nn.Dropout(dropout)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, kv_cache: layers.KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), kv_cache=kv_cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -68,12 +69,40 @@ class GPTBackbone(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, kv_caches: list[layers.KVCache] | None = None) -> torch.Tensor:
+        """``idx (B, T)`` -> logits ``(B, T, V)``. With ``kv_caches`` (`new_caches`), ``idx`` holds the new tokens:
+        their positions continue after the cached ones, and each block attends over its cache."""
         pos = torch.arange(idx.size(1), device=idx.device)
+        if kv_caches is not None:
+            pos = kv_caches[0].lengths[:, None] + pos  # (B, T): each sequence's own positions
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if kv_caches is None else kv_caches[i])
         return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def new_caches(self, batch_size: int) -> list[layers.KVCache]:
+        """Empty key/value caches for `forward`, one per block, ``block_size`` tokens each."""
+        attn = self.blocks[0].attn
+        weight = self.wte.weight
+        return [
+            layers.KVCache(
+                batch_size,
+                self.block_size,
+                attn.num_heads,
+                attn.embed_dimension // attn.num_heads,
+                weight.dtype,
+                weight.device,
+            )  # fmt: skip
+            for _ in self.blocks
+        ]
+
+    def generate(
+        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 0.8, top_k: int | None = 40,
+        use_cache: bool = True,
+    ) -> torch.Tensor:  # fmt: skip
+        """Continue ``idx (B, T)`` by ``max_new_tokens`` tokens (``temperature=0``: greedy) with key/value caches;
+        see `layers.kv_cache.generate` (the context policy, and why cached and uncached give the same logits)."""
+        return generate(self, self.new_caches, idx, max_new_tokens, self.block_size, temperature, top_k, use_cache)
 
 
 class CharGPT(pl.LightningModule):
@@ -162,16 +191,15 @@ class CharGPT(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @torch.no_grad()
-    def generate(self, prompt: bytes, max_new_tokens: int, temperature: float = 0.8, top_k: int = 40) -> str:
-        """Continue ``prompt`` byte by byte (sampling with ``temperature`` and ``top_k``); returns the text."""
+    def generate(
+        self, prompt: bytes, max_new_tokens: int, temperature: float = 0.8, top_k: int = 40, use_cache: bool = True
+    ) -> str:
+        """Continue ``prompt`` byte by byte (sampling with ``temperature`` and ``top_k``; 0: greedy) with the
+        backbone's key/value caches (`GPTBackbone.generate`); returns the text."""
         was_training = self.training
         self.eval()
         idx = torch.tensor([list(prompt)], dtype=torch.long, device=self.device)
-        for _ in range(max_new_tokens):
-            logits = self(idx[:, -self.hparams.block_size :])[:, -1, :] / temperature  # (1, V)
-            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-            probs = logits.masked_fill(logits < kth, float("-inf")).softmax(-1)
-            idx = torch.cat([idx, torch.multinomial(probs, 1)], dim=1)
+        idx = self.backbone.generate(idx, max_new_tokens, temperature, top_k, use_cache)
         self.train(was_training)
         return bytes(idx[0].tolist()).decode("utf-8", errors="replace")
 

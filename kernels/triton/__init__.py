@@ -24,9 +24,12 @@ def unavailable_reasons(
     value: torch.Tensor | None = None,
     attn_mask: torch.Tensor | None = None,
     varlen: bool = False,
+    decode_grad: bool = False,
 ) -> list[str]:
     """Why the fused kernels cannot serve these inputs (empty when they can)."""
     reasons = []
+    if decode_grad:
+        reasons.append("decode attention of inputs that require grad (the decode kernel computes no gradients)")
     if not TRITON_INSTALLED:
         reasons.append("triton is not installed (it has wheels for Linux only)")
     if query.device.type == "cpu" and not INTERPRETER:
@@ -42,7 +45,7 @@ def unavailable_reasons(
         reasons.append(f"head dim {max(head_dims)} > {MAX_HEAD_DIM}")
     elif max(head_dims) > 128 and query.dtype == torch.float32:
         reasons.append("float32 with a head dim above 128 (the backward kernel spills registers there)")
-    if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.requires_grad:
+    if isinstance(attn_mask, torch.Tensor) and attn_mask.dtype != torch.bool and attn_mask.requires_grad:
         reasons.append("a float attn_mask that requires grad (the kernels do not compute its gradient)")
     return reasons
 
@@ -59,3 +62,10 @@ def varlen_attention(*args, **kwargs) -> torch.Tensor:
     from .ops import flash_attention_varlen
 
     return flash_attention_varlen(*args, **kwargs)
+
+
+def decode_attention(query, key_cache, value_cache, lengths, scale: float) -> torch.Tensor:
+    """The split-key decode kernel; see `kernels.decode_attention`."""
+    from .ops import decode_attention_op
+
+    return decode_attention_op(query, key_cache, value_cache, lengths, scale, torch.backends.cuda.matmul.allow_tf32)

@@ -23,8 +23,10 @@ from collections.abc import Callable
 import torch
 import triton
 
+from ..masks import band_of
 from .bwd import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
 from .common import grid_blocks
+from .decode import attn_decode_split
 from .fwd import attn_fwd
 from .tiles import INTERPRET, PREPROCESS_BLOCK, block_dim, length_key, tuned
 
@@ -145,6 +147,7 @@ class Launch:
 
 
 KERNELS = {
+    "attn_decode_split": attn_decode_split,
     "attn_fwd": attn_fwd_tuned,
     "attn_bwd_preprocess": attn_bwd_preprocess,
     "attn_bwd_dkdv": attn_bwd_dkdv_tuned,
@@ -379,7 +382,11 @@ def flash_attention(
     lower_right: bool = False,
 ) -> torch.Tensor:
     """F.sdpa's contract on the fused kernels (dense inputs that passed `validate_sdpa_args`); ``window`` is the
-    band ``(left, right)`` (-1: unbounded), which ``is_causal`` sets to ``(-1, 0)``."""
+    band ``(left, right)`` (-1: unbounded), which ``is_causal`` sets to ``(-1, 0)``; a band mask
+    (`kernels.masks.Band`, torch's ``CausalBias``) as ``attn_mask`` sets both, and no mask tensor is built."""
+    band = band_of(attn_mask)
+    if band is not None:
+        attn_mask, window, lower_right = None, band.window(), band.lower_right
     batch_shape = query.shape[:-3] if query.dim() >= 3 else ()
     q, k, v = (_as_4d(t) for t in (query, key, value))
     mask = None
@@ -401,11 +408,16 @@ def flash_attention_varlen(
     is_causal: bool = False,
     scale: float | None = None,
     enable_gqa: bool = False,
+    attn_mask=None,
     *,
     window: tuple[int, int] = (-1, -1),
     lower_right: bool = False,
 ) -> torch.Tensor:
-    """`kernels.varlen_attention`'s contract on the fused kernels: packed ``(T, H, E)`` tensors and offsets."""
+    """`kernels.varlen_attention`'s contract on the fused kernels: packed ``(T, H, E)`` tensors and offsets; a band
+    mask applies to each sequence with its own lengths."""
+    band = band_of(attn_mask)
+    if band is not None:
+        window, lower_right = band.window(), band.lower_right
     cu_q, cu_k = (c.to(device=query.device, dtype=torch.int32) for c in (cu_seqlens_q, cu_seqlens_k))
     options = _scalar_options(query, dropout_p, is_causal, scale, window, lower_right)
     out, _ = flash_attention_varlen_fwd(query, key, value, cu_q, cu_k, *options)
@@ -439,3 +451,52 @@ def _as_4d(t: torch.Tensor) -> torch.Tensor:
     if t.dim() == 2:
         return t[None, None]
     return t.reshape(-1, *t.shape[-3:])
+
+
+DECODE_BLOCK_N = 64
+DECODE_SPLIT = 256  # keys per program (a multiple of DECODE_BLOCK_N): long caches get many programs
+
+
+def decode_launch(q, k_cache, v_cache, lengths, scale: float, allow_tf32: bool):
+    """The split launch of `decode_attention` and its partial outputs ``(launch, acc, m, l, block_m)``."""
+    q, k_cache, v_cache = (contiguous_last(t) for t in (q, k_cache, v_cache))
+    B, H, T, D = q.shape
+    Hk, max_len, DV = k_cache.size(1), k_cache.size(2), v_cache.size(-1)
+    group = H // Hk
+    block_m = max(16, triton.next_power_of_2(T * group))
+    splits = max(1, triton.cdiv(max_len, DECODE_SPLIT))
+    acc = torch.empty(B * Hk, splits, block_m, block_dim(DV), device=q.device, dtype=torch.float32)
+    m = torch.empty(B * Hk, splits, block_m, device=q.device, dtype=torch.float32)
+    l_sum = torch.empty_like(m)
+    args = (
+        q, k_cache, v_cache, lengths, acc, m, l_sum, *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3],
+        Hk, group, T, D, DV, DECODE_SPLIT, scale,
+    )  # fmt: skip
+    kwargs = {
+        "PRECISION": "tf32" if allow_tf32 else "ieee", "EVEN_D": block_dim(D) == D and block_dim(DV) == DV,
+        "BLOCK_M": block_m, "BLOCK_N": DECODE_BLOCK_N, "BLOCK_D": block_dim(D), "BLOCK_DV": block_dim(DV),
+        "num_warps": 4, "num_stages": 2,
+    }  # fmt: skip
+    return Launch("attn_decode_split", (splits, B * Hk), args, kwargs), acc, m, l_sum, block_m
+
+
+@torch.library.custom_op("fusedlayers::decode_attention", mutates_args=())
+def decode_attention_op(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float, allow_tf32: bool
+) -> torch.Tensor:
+    """``q (B, H, T, D)``, caches ``(B, Hk, max_len, *)``, ``lengths (B,)`` -> ``(B, H, T, Dv)`` (`decode.py`)."""
+    launch, acc, m, l_sum, block_m = decode_launch(q, k_cache, v_cache, lengths, scale, allow_tf32)
+    _run(launch)
+    B, H, T, _ = q.shape
+    Hk, DV = k_cache.size(1), v_cache.size(-1)
+    top = m.amax(dim=1, keepdim=True)  # combine the splits: (B * Hk, 1, rows)
+    weight = torch.exp2(m - torch.where(torch.isinf(top), 0.0, top))  # 0 for splits without keys
+    total = (weight * l_sum).sum(dim=1)  # (B * Hk, rows)
+    out = (weight[..., None] * acc).sum(dim=1) / torch.where(total == 0, 1.0, total)[..., None]
+    out = out[:, : T * (H // Hk), :DV].unflatten(1, (T, H // Hk))  # (B * Hk, T, group, Dv): row r = (t, g)
+    return out.unflatten(0, (B, Hk)).permute(0, 1, 3, 2, 4).reshape(B, H, T, DV).to(q.dtype)
+
+
+@decode_attention_op.register_fake
+def _(q, k_cache, v_cache, lengths, scale, allow_tf32):
+    return q.new_empty(*q.shape[:-1], v_cache.size(-1))

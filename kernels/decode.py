@@ -1,0 +1,75 @@
+"""``kernels.decode_attention``: the newest queries of each sequence over its key/value cache (incremental decoding)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import triton as fused
+from ._validate import validate_sdpa_args
+from .backends import Backend
+from .dispatch import DENSE, profiled, select
+
+__all__ = ["decode_attention"]
+
+
+def decode_attention(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """Attention of the ``T`` newest tokens of each sequence over the keys/values cached for it.
+
+    Shapes (``B`` sequences, ``H``/``Hk`` query/key heads, ``T`` new tokens, ``max_len`` cache slots)::
+
+        query        (B, H,  T, E)         the new tokens, already appended to the cache
+        key_cache    (B, Hk, max_len, E)   slots [0, lengths[b]) of sequence b are in use
+        value_cache  (B, Hk, max_len, Ev)
+        lengths      (B,) int              keys in use per sequence, the new ones included
+        returns      (B, H,  T, Ev)
+
+    Token ``t`` sees the keys ``j <= lengths[b] - T + t`` (causal, bottom-right aligned). The lengths stay on the
+    device (nothing is read on the host, so one compiled step serves every position). ``Backend.TRITON`` runs a
+    split-key (flash-decoding) kernel that reads each cached key once for all query heads sharing it; the other
+    backends attend over all ``max_len`` slots with a mask. Inference: no gradients flow through the fused kernel
+    (the dispatcher picks another backend for inputs that require grad).
+
+    Example, run by the test suite:
+
+    ```python
+    import torch
+    import kernels
+
+    cache_k = cache_v = torch.randn(2, 4, 32, 16)  # (B, Hk, max_len, E)
+    lengths = torch.tensor([5, 20])  # keys in use, the newest included
+    q = torch.randn(2, 4, 1, 16)  # one new token per sequence
+    out = kernels.decode_attention(q, cache_k, cache_v, lengths)
+    alone = kernels.scaled_dot_product_attention(q[1:], cache_k[1:, :, :20], cache_v[1:, :, :20])
+    torch.testing.assert_close(out[1:], alone)
+    ```
+    """
+    validate_sdpa_args(query, key_cache, value_cache, None, 0.0, False, scale, enable_gqa)
+    if query.dim() != 4:
+        raise ValueError(f"query must be (B, H, T, E), got shape {tuple(query.shape)}")
+    if not isinstance(lengths, torch.Tensor) or lengths.dtype.is_floating_point or lengths.shape != (query.size(0),):
+        raise ValueError(
+            f"lengths must be an integer tensor (B,) = ({query.size(0)},) of keys in use per sequence, got "
+            f"{getattr(lengths, 'shape', type(lengths).__name__)}"
+        )
+    if lengths.device != query.device:
+        raise ValueError(f"lengths is on {lengths.device} but query is on {query.device}; move it to one device")
+    needs_grad = any(t.requires_grad for t in (query, key_cache, value_cache))
+    backend, _ = select(query, key_cache, value_cache, decode=needs_grad)
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
+    with profiled("decode_attention", backend):
+        if backend is Backend.TRITON:
+            return fused.decode_attention(query, key_cache, value_cache, lengths, scale)
+        T, max_len = query.size(2), key_cache.size(2)
+        cols = torch.arange(max_len, device=query.device)
+        last = lengths.to(query.device)[:, None, None, None] - T + torch.arange(T, device=query.device)[:, None]
+        mask = cols <= last  # (B, 1, T, max_len): True = may attend
+        return DENSE[backend](query, key_cache, value_cache, mask, 0.0, False, scale, enable_gqa)
