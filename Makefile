@@ -1,8 +1,8 @@
 # Two commands, each doing all of its own set-up on a fresh machine that has only Python:
 #   make demo   train a byte-level GPT on the standard library's source for ~2 minutes, profiled
-#   make test   lint, build the docs (strict) and run the whole test suite
-# and the benchmarks: make bench (attention backends, nested batches, layers against torch.nn).
-# Both are idempotent: the virtual environment is (re)built only when pyproject.toml changes.
+#   make test   lint, build the docs (strict), compile the kernels under triton 3.6, run the whole test suite
+# and: make bench (the benchmarks); make gpu-check (on a GPU machine: no install step, see docs/gpu.md).
+# Both are idempotent: a virtual environment is (re)built only when pyproject.toml changes.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,14 +11,22 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The GPU machines run triton 3.6 (CI: 3.9): the kernels' offline compile check runs under both.
+VENV36 ?= .venv-triton36
+STAMP36 := $(VENV36)/.installed
 
-.PHONY: demo bench test lint docs clean
+.PHONY: demo bench test lint docs compile-check-triton36 gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
+
+$(STAMP36): pyproject.toml
+	test -x $(VENV36)/bin/python || $(PYTHON) -m venv $(VENV36)
+	$(VENV36)/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" "triton==3.6.0"
+	touch $(STAMP36)
 
 demo: $(STAMP)
 	$(BIN)/python -m lightning_examples fit --config demo
@@ -27,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python -m kernels.bench
 	$(BIN)/python -m kernels.bench --nested
 	$(BIN)/python -m layers.bench
+	$(BIN)/python -m layers.bench --decode
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -35,8 +44,15 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --quiet --site-dir .site
 
-test: lint docs
+compile-check-triton36: $(STAMP36)
+	PYTHONPATH=. TRITON_DEFAULT_FP_FUSION=1 $(VENV36)/bin/python -m kernels.compile_check
+
+test: lint docs compile-check-triton36
 	$(BIN)/python -m pytest
 
+# On a GPU machine, from a fresh copy: only what the GPU image has, nothing installed, GPU settings untouched.
+gpu-check:
+	$(PYTHON) .ci/gpu_check.py
+
 clean:
-	rm -rf $(VENV) .site bench-results demo-output lightning_logs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VENV36) .site bench-results demo-output lightning_logs .pytest_cache .ruff_cache

@@ -165,7 +165,7 @@ def steps(out: pathlib.Path) -> list[Step]:
     gpt_cpu = "--device cpu --steps 4 --block-size 32 --batch-size 4 --n-layer 1 --n-embd 48 --max-bytes 50000"
     layer_steps = []
     for dtype in ("float16", "bfloat16"):
-        layers = [py, "-m", "layers.bench", "--out-dir", str(out / "layers" / dtype), "--no-compile"]
+        layers = [py, "-m", "layers.bench", "--out-dir", str(out / "layers" / dtype), "--no-compile", "--no-busy"]
         layers_gpu = f"--autocast {dtype} --min-run-time 0.2 --rounds 3 --batch 32 --seq-len 512 --d-model 512"
         layers_cpu = "--device cpu --batch 2 --seq-len 16 --d-model 32 --nhead 2 --dim-feedforward 64"
         layers_cpu += " --min-run-time 0.01 --rounds 1 --cases train-dense train-padded"

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from . import triton as fused
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
+from .preferences import torch_first
 from .reference import attention_reference
 from .window import with_bands
 
@@ -85,16 +86,26 @@ def select(
     attn_mask: torch.Tensor | None = None,
     varlen: bool = False,
     decode: bool = False,
+    is_causal: bool = False,
 ) -> tuple[Backend, dict[Backend, list[str]]]:
     """The first enabled backend that can serve the inputs, and the reasons of those tried before it (``decode``:
-    a `kernels.decode_attention` call whose inputs require grad, which the fused decode kernel cannot serve)."""
-    order = enabled_backends() or default_order(query.device.type)
+    a `kernels.decode_attention` call whose inputs require grad, which the fused decode kernel cannot serve).
+
+    Without an `sdpa_kernel` block, the default order applies, except where a GPU measured ``TRITON`` slower than
+    torch for such a call (`kernels.preferences`): ``TORCH`` goes first, and the reason is recorded."""
+    order = enabled_backends()
     skipped: dict[Backend, list[str]] = {}
+    if order is None:
+        order = default_order(query.device.type)
+        reason = None if varlen else torch_first(query, key, attn_mask, is_causal)
+        if reason is not None:
+            order = (Backend.TORCH, Backend.TRITON, Backend.MATH)
+            skipped[Backend.TRITON] = [f"could run, but TORCH goes first: {reason}"]
     for backend in order:
         reasons = unavailable_reasons(backend, query, key, value, attn_mask, varlen, decode)
         if not reasons:
             return backend, skipped
-        skipped[backend] = reasons
+        skipped[backend] = skipped.get(backend, []) + reasons
     lines = [f"  {b.name}: " + "; ".join(r) for b, r in skipped.items()]
     raise NoBackendAvailableError(
         "no enabled attention backend can serve these inputs:\n" + "\n".join(lines) + "\n"

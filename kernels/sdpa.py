@@ -12,6 +12,7 @@ from ._nested import as_jagged, band_for, like, packed_attention, padded_attenti
 from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
 from .dispatch import DENSE, profiled, select, unavailable_reasons
+from .masks import band_of
 from .reference import attention_probs, repeat_kv
 
 __all__ = ["Explanation", "attention_with_weights", "explain", "scaled_dot_product_attention"]
@@ -74,7 +75,7 @@ def scaled_dot_product_attention(
     original = query
     query, key, value = (as_jagged(t) for t in (query, key, value))  # strided nested: as jagged
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    backend, _ = select(query, key, value, attn_mask)
+    backend, _ = select(query, key, value, attn_mask, is_causal=is_causal)
     attend = DENSE[backend]
     if not query.is_nested:
         with profiled("attention", backend):
@@ -150,15 +151,18 @@ class Explanation:
         backend: the backend that would run, or ``None`` when none can.
         reasons: for every other backend, why it was not used.
         detail: how the chosen backend would serve the call (e.g. which kernel torch picks).
+        mask: the kind of mask (none, causal, a tensor and its shape, a band and its alignment).
     """
 
     backend: Backend | None
     reasons: dict[Backend, list[str]]
     detail: str
+    mask: str = "none"
 
     def __str__(self) -> str:
         head = f"{self.backend.name} would run: {self.detail}" if self.backend else "no backend can run these inputs"
-        return "\n".join([head] + [f"  {b.name} not used: " + "; ".join(r) for b, r in self.reasons.items()])
+        lines = [head, f"  mask: {self.mask}"]
+        return "\n".join(lines + [f"  {b.name} not used: " + "; ".join(r) for b, r in self.reasons.items()])
 
 
 _TORCH_KERNELS = {0: "math", 1: "flash attention", 2: "memory-efficient attention", 3: "cuDNN attention"}
@@ -196,7 +200,7 @@ def explain(
     enabled = enabled_backends()
     order = enabled or default_order(query.device.type)
     try:
-        chosen, reasons = select(query, key, value, attn_mask)
+        chosen, reasons = select(query, key, value, attn_mask, is_causal=is_causal)
     except NoBackendAvailableError:
         chosen, reasons = None, {b: unavailable_reasons(b, query, key, value, attn_mask) for b in order}
     for backend in order:
@@ -211,7 +215,17 @@ def explain(
             why = f"not tried by default on {query.device.type}; select it with sdpa_kernel"
         reasons[backend] = [why, *unavailable_reasons(backend, query, key, value, attn_mask)]
     detail = _detail(chosen, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    return Explanation(chosen, reasons, detail)
+    return Explanation(chosen, reasons, detail, _mask_kind(attn_mask, is_causal))
+
+
+def _mask_kind(attn_mask: object, is_causal: bool) -> str:
+    band = band_of(attn_mask)
+    if band is not None:
+        return band.describe()
+    if isinstance(attn_mask, torch.Tensor):
+        kind = "bool (True = may attend)" if attn_mask.dtype == torch.bool else f"additive {attn_mask.dtype}"
+        return f"{kind} tensor of shape {tuple(attn_mask.shape)}"
+    return "causal, top-left aligned" if is_causal else "none"
 
 
 def _detail(

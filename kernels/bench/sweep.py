@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import itertools
 import json
 import pathlib
@@ -89,8 +90,9 @@ def measure_shape(args: argparse.Namespace, step: str, dtype: str, head_dim: int
     for name in args.variants:
         try:
             with VARIANTS[name]():
-                calls[name] = _call(step, q, k, v, causal)
-                calls[name]()  # feasibility (and the autotuner's choice) before any timing
+                call = _call(step, q, k, v, causal)
+                call()  # feasibility (and the autotuner's choice) before any timing
+            calls[name] = call
         except NoBackendAvailableError as err:
             points[name].skipped = first_reasons(str(err))
         except RuntimeError as err:  # torch refusing one of its kernels for this input
@@ -150,7 +152,7 @@ def format_tables(points: list[Point], args: argparse.Namespace) -> str:
                 if (p.step, p.dtype, p.head_dim, p.causal, p.seq_len) == (step, dtype, d, causal, length)
             }
             cells = "".join(
-                f"{row[v].tflops:>12.3f} +-{100 * row[v].spread:>3.0f}%" if row[v].tflops is not None else f"{'-':>19}"
+                f"{row[v].tflops:>12.4g} +-{100 * row[v].spread:>3.0f}%" if row[v].tflops is not None else f"{'-':>19}"
                 for v in args.variants
             )
             ratio = row.get("TRITON").vs_best_torch if "TRITON" in row else None

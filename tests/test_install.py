@@ -1,0 +1,67 @@
+"""The environments the project runs in: the GPU image (``make gpu-check`` without a GPU, in an environment with exactly
+the GPU image's packages: no ruff, mkdocs, pytest-markdown-docs or jsonargparse) and the core install (torch and
+triton only). Every step of the dry run runs on tiny CPU sizes, says what it skipped, writes its outputs, and the
+summary table comes last. (On a GPU the same command measures; see docs/gpu.md.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / ".ci" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_in_the_gpu_images_package_set(tmp_path):
+    python = _load("gpu_image_env").build(tmp_path / "env")
+    probe = "import importlib.util as u; print([m for m in ('ruff', 'mkdocs', 'pytest_markdown_docs', 'jsonargparse') if u.find_spec(m)])"
+    assert subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}
+    done = subprocess.run(
+        [python, str(ROOT / ".ci" / "gpu_check.py"), "--dry-run"], capture_output=True, text=True, timeout=600,
+        env={**env, "OUT": str(out)}, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    tail = done.stdout.strip().splitlines()
+    summary = tail.index(next(line for line in tail if line.startswith("make gpu-check summary (DRY RUN")))
+    assert all(not line.startswith("===") or "summary" in line or set(line) == {"="} for line in tail[summary:])
+    record = json.loads((out / "summary.json").read_text())
+    steps = {s["name"]: s for s in record["steps"]}
+    assert set(steps) == {"environment", "pytest -m cuda", "kernel sweep", "variable length", "layers float16",
+                          "layers bfloat16", "GPT training"}  # fmt: skip
+    assert all(s["status"] == "ok" for s in steps.values()), {n: s["status"] for n, s in steps.items()}
+    assert all("GPU part skipped" in s["note"] for n, s in steps.items() if n != "environment")
+    for path in ("env.json", "pytest-cuda.xml", "sweep/kernels_sweep.json", "varlen/sdpa_nested.json",
+                 "layers/float16/layers.json", "gpt/summary.json", "summary.txt"):  # fmt: skip
+        assert (out / path).exists(), path
+    assert steps["pytest -m cuda"]["figures"]["errors"] == 0  # pytest starts without pytest-markdown-docs
+    assert json.loads((out / "gpt" / "summary.json").read_text())["attention_backends_profiled"] == ["TORCH"]
+    assert "TRITON" in (out / "sweep" / "kernels_sweep.json").read_text()  # listed, with the reason it did not run
+
+
+def test_core_install_needs_only_torch_and_triton(tmp_path):
+    """``pip install fusedlayers`` (no extras): layers and kernels import and the README's layer example runs, with
+    nothing but torch and triton installed (no pytorch-lightning, tqdm or matplotlib)."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert [d.split(">")[0].split(";")[0].strip() for d in project["dependencies"]] == ["torch", "triton"]
+    python = _load("gpu_image_env").build(tmp_path / "env", ["torch", "triton"])
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("## Example")[1].split("```python")[1].split("```")[0]
+    script = "import importlib.util as u\nassert not u.find_spec('pytorch_lightning') and not u.find_spec('tqdm')\n"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([python, "-c", script + example], capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
