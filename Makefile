@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 
 $(STAMP36): pyproject.toml
 	test -x $(VENV36)/bin/python || $(PYTHON) -m venv $(VENV36)
-	$(VENV36)/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" "triton==3.6.0"
+	$(VENV36)/bin/python -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" "triton==3.6.0" numpy
 	touch $(STAMP36)
 
 demo: $(STAMP)

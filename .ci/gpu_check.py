@@ -153,8 +153,8 @@ def steps(out: pathlib.Path) -> list[Step]:
         "-o", "addopts=-ra --strict-markers", f"--junitxml={out / 'pytest-cuda.xml'}",
     ]  # fmt: skip
     sweep = [py, "-m", "kernels.bench", "--sweep", "--out-dir", str(out / "sweep")]
-    sweep_gpu = "--seq-lens 1024 4096 16384 --head-dims 64 128 --dtypes float16 bfloat16 --min-run-time 0.1"
-    sweep_gpu += " --rounds 2 --time-budget 120 --variants TRITON"
+    sweep_gpu = "--seq-lens 4096 1024 16384 --head-dims 128 64 --dtypes float16 bfloat16 --min-run-time 0.1"
+    sweep_gpu += " --rounds 2 --time-budget 105 --variants TRITON"
     sweep_cpu = "--device cpu --seq-lens 16 32 --tokens 64 --heads 1 --head-dims 16 --dtypes float32"
     sweep_cpu += " --min-run-time 0.01 --rounds 1"
     torch_kernels = ["torch flash", "torch efficient", "torch cuDNN"]
@@ -170,21 +170,21 @@ def steps(out: pathlib.Path) -> list[Step]:
         layers_cpu = "--device cpu --batch 2 --seq-len 16 --d-model 32 --nhead 2 --dim-feedforward 64"
         layers_cpu += " --min-run-time 0.01 --rounds 1 --cases train-dense train-padded"
         summarise = functools.partial(_summarise_layers, dtype=dtype)
-        layer_steps.append(Step(f"layers {dtype}", 35, [*layers, *layers_gpu.split()], [*layers, *layers_cpu.split()],
+        layer_steps.append(Step(f"layers {dtype}", 30, [*layers, *layers_gpu.split()], [*layers, *layers_cpu.split()],
                                 summarise))  # fmt: skip
     return [
-        Step("environment", 20, [py, "-c", _env_script()], [py, "-c", _env_script()], _summarise_env),
-        Step("pytest -m cuda", 140, pytest, pytest, _summarise_pytest),
+        Step("environment", 15, [py, "-c", _env_script()], [py, "-c", _env_script()], _summarise_env),
+        Step("pytest -m cuda", 180, pytest, pytest, _summarise_pytest),
         Step(
             "kernel sweep",
-            140,
+            120,
             [*sweep, *sweep_gpu.split(), *torch_kernels],
             [*sweep, *sweep_cpu.split()],
             _summarise_sweep,
         ),
-        Step("variable length", 35, [*varlen, *varlen_gpu.split()], [*varlen, *varlen_cpu.split()], _summarise_varlen),
+        Step("variable length", 30, [*varlen, *varlen_gpu.split()], [*varlen, *varlen_cpu.split()], _summarise_varlen),
         *layer_steps,
-        Step("GPT training", 70, [*gpt, "--steps", "300"], [*gpt, *gpt_cpu.split()], _summarise_gpt),
+        Step("GPT training", 60, [*gpt, "--steps", "300"], [*gpt, *gpt_cpu.split()], _summarise_gpt),
     ]
 
 

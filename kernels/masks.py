@@ -67,7 +67,8 @@ class Band:
             sides.append(f"{self.left} keys before")
         if self.right is not None:
             sides.append(f"{self.right} after")
-        return f"sliding window ({', '.join(sides) or 'unbounded'}; {'bottom-right' if self.lower_right else 'top-left'} aligned)"
+        aligned = "bottom-right" if self.lower_right else "top-left"
+        return f"sliding window ({', '.join(sides) or 'unbounded'}; {aligned} aligned)"
 
 
 def sliding_window(

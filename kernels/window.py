@@ -16,7 +16,7 @@ import torch
 
 from .masks import Band, band_of
 
-__all__ = ["with_bands", "windowed_attention"]
+__all__ = ["windowed_attention", "with_bands"]
 
 DenseAttention = Callable[..., torch.Tensor]
 CHUNK = 128

@@ -19,12 +19,12 @@ import torch.nn as nn
 
 import kernels
 
+from ._scripted import ScriptedCausalSelfAttention
 from .attention import packed_attention
 from .config import ConfigMixin, check_dropout, check_heads, dtype_name
 from .errors import ArgumentError
 from .kv_cache import KVCache, cached_attention
 from .nested import as_jagged, check_nested, like, wrap
-from ._scripted import ScriptedCausalSelfAttention
 from .scripting import TorchScriptable
 
 __all__ = ["CausalSelfAttention"]

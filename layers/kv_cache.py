@@ -95,7 +95,7 @@ class KVCache:
         before (``(B,)``)."""
         B, T, H, D = k.shape
         self._check(k, H, D)
-        if B != self.batch_size:
+        if self.batch_size != B:
             raise ArgumentError(f"the cache holds {self.batch_size} sequences but {B} were given")
         self._check_room(T)
         before = self.lengths.clone()

@@ -92,7 +92,7 @@ class GPTBackbone(nn.Module):
                 attn.embed_dimension // attn.num_heads,
                 weight.dtype,
                 weight.device,
-            )  # fmt: skip
+            )
             for _ in self.blocks
         ]
 

@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -24,7 +23,8 @@ def _load(name: str):
 
 def test_dry_run_in_the_gpu_images_package_set(tmp_path):
     python = _load("gpu_image_env").build(tmp_path / "env")
-    probe = "import importlib.util as u; print([m for m in ('ruff', 'mkdocs', 'pytest_markdown_docs', 'jsonargparse') if u.find_spec(m)])"
+    dev_only = ("ruff", "mkdocs", "pytest_markdown_docs", "jsonargparse")
+    probe = f"import importlib.util as u; print([m for m in {dev_only!r} if u.find_spec(m)])"
     assert subprocess.run([python, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTHONPATH")}

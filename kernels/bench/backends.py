@@ -7,12 +7,17 @@ benchmark over passes, dtypes, head dims and lengths: `kernels.bench.sweep`):
   32, heads 32, length 1024, head dim 32, fp16), done through this package's dispatcher: every
   ``kernels.Backend``, and torch's own kernels forced one at a time through ``Backend.TORCH``.
 - ``--nested``: a batch of lengths spread evenly up to the maximum (~50% padding), trained
-  (forward + backward): ``Backend.TORCH`` on the jagged nested tensor, torch's own nested SDPA, and
-  ``Backend.TORCH`` on the padded dense batch with a key padding mask. Throughput counts real tokens only.
+  (forward + backward): ``Backend.TRITON`` varlen and ``Backend.TORCH`` on the nested tensor, torch's own nested
+  SDPA, ``Backend.TORCH`` on the padded dense batch with a key padding mask, torch's ``varlen_attn`` where the
+  installed torch has it (CUDA), and a dense batch of as many real tokens without padding. Throughput counts real
+  tokens only.
+- ``--window W``: causal attention over a sliding window of ``W`` keys against full causal attention at the same
+  length (default L = 4096 on CPU), on ``TORCH`` (chunked) and ``TRITON`` (blocks outside the window skipped).
 
 On a machine without a GPU the default sizes are scaled down and the dtype is float32. A variant that
-cannot serve the input is listed with its reason instead of a time. Output: a table (time per call, ratio
-to the fastest, throughput), a JSON file and a PNG bar chart.
+cannot serve the input is listed with its reason instead of a time. Variants are timed in interleaved rounds
+(``--rounds``): the table shows the median, the spread over the rounds, the ratio to the fastest and the
+throughput; a JSON file and a PNG bar chart go to ``--out-dir``.
 
 FLOPs: forward ``4 * B * H * L * S * E`` (two matmuls of ``2 * L * S * E``), halved when causal; forward +
 backward is 3.5x the forward (the backward recomputes the scores and does four more matmuls).
@@ -26,6 +31,7 @@ import dataclasses
 import json
 import logging
 import pathlib
+import statistics
 import sys
 import warnings
 from collections.abc import Callable
@@ -36,6 +42,7 @@ from torch.nn.attention import SDPBackend
 from tqdm import tqdm
 
 from ..backends import Backend, NoBackendAvailableError
+from ..masks import sliding_window
 from ..sdpa import scaled_dot_product_attention
 from .common import TRAIN_FLOPS_FACTOR, attention_flops, first_reasons, only, padded_lengths, torch_refusal
 from .timing import bar_chart, median_seconds
@@ -44,7 +51,8 @@ from .timing import bar_chart, median_seconds
 @dataclasses.dataclass
 class Result:
     name: str
-    ms: float | None = None  # median time per call
+    ms: float | None = None  # median time per call over the rounds
+    spread: float | None = None  # (slowest round - fastest round) / median
     ratio: float | None = None  # time / fastest time
     tflops: float | None = None  # dense experiment
     tokens_per_s: float | None = None  # nested experiment: real tokens per second
@@ -57,6 +65,7 @@ class Case:
     context: Callable[[], contextlib.AbstractContextManager]
     call: Callable[[], object]  # one timed step (forward, or forward + backward)
     refusal: str | None = None  # why torch may refuse it, where torch's own message does not say
+    unavailable: str | None = None  # why it cannot run here at all (it is listed, not timed)
 
 
 def _step(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], train: bool, *args, **kwargs):
@@ -117,6 +126,11 @@ def nested_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     theirs = _step(nested_attention(F.scaled_dot_product_attention), packed, args.train, *packed, is_causal=args.causal)
     masked_causal = mask & torch.ones(L, L, dtype=torch.bool, device=device).tril() if args.causal else mask
     dense = _step(scaled_dot_product_attention, padded, args.train, *padded, attn_mask=masked_causal)
+    # The same number of real tokens as a dense batch without padding: B sequences of the mean length.
+    mean = max(1, round(total / args.batch))
+    unpadded = [torch.randn(args.batch, H, mean, E, device=device, dtype=dtype, requires_grad=args.train)
+                for _ in range(3)]  # fmt: skip
+    no_padding = _step(scaled_dot_product_attention, unpadded, args.train, *unpadded, is_causal=args.causal)
     cases = [
         Case("TRITON varlen", lambda: only(Backend.TRITON), ours),
         Case("TORCH on the nested tensor", lambda: only(Backend.TORCH), ours),
@@ -127,40 +141,96 @@ def nested_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dt
             "torch's nested SDPA refuses is_causal=True",
         ),
         Case("TORCH, padded dense + mask", lambda: only(Backend.TORCH), dense),
+        Case(f"dense, no padding ({args.batch} x {mean})", contextlib.nullcontext, no_padding),
+        _torch_varlen_case(packed, offsets, max(lengths), args),
     ]
     return cases, total
 
 
+def _torch_varlen_case(packed: list[torch.Tensor], offsets: torch.Tensor, longest: int, args) -> Case:
+    """torch's own variable-length attention (``torch.nn.attention.varlen``), where the installed torch has it."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return Case("torch varlen_attn", contextlib.nullcontext, lambda: None, unavailable="not in this torch")
+    import inspect
+
+    causal = {"is_causal": args.causal} if "is_causal" in inspect.signature(varlen_attn).parameters else {}
+    if args.causal and not causal:
+        causal = {"window_size": (-1, 0)}
+    cu = offsets.to(torch.int32)
+
+    def attend(q, k, v):
+        return varlen_attn(q, k, v, cu, cu, longest, longest, **causal)
+
+    unavailable = None if packed[0].is_cuda else "torch's varlen_attn runs on CUDA only"
+    step = _step(attend, packed, args.train, *packed)
+    return Case("torch varlen_attn", contextlib.nullcontext, step, unavailable=unavailable)
+
+
+def window_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[list[Case], float]:
+    """Full causal attention against a causal sliding window of ``--window`` keys at the same length."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = (args.batch, args.heads, args.seq_len, args.head_dim)
+    q, k, v = (
+        torch.randn(shape, device=device, dtype=dtype, generator=gen, requires_grad=args.train) for _ in range(3)
+    )
+    window = sliding_window(args.seq_len, args.seq_len, args.window - 1)
+    full = _step(scaled_dot_product_attention, [q, k, v], args.train, q, k, v, is_causal=True)
+    band = _step(scaled_dot_product_attention, [q, k, v], args.train, q, k, v, attn_mask=window)
+    cases = [
+        Case("TORCH, full causal", lambda: only(Backend.TORCH), full),
+        Case(f"TORCH, window {args.window}", lambda: only(Backend.TORCH), band),
+        Case("TRITON, full causal", lambda: only(Backend.TRITON), full),
+        Case(f"TRITON, window {args.window}", lambda: only(Backend.TRITON), band),
+    ]
+    flops = attention_flops(*shape[:3], args.seq_len, args.head_dim, True)  # the full causal work, for reference
+    return cases, flops * (TRAIN_FLOPS_FACTOR if args.train else 1)
+
+
 def run(args: argparse.Namespace) -> list[Result]:
-    """Time every case of the chosen experiment; returns the results with ratios filled in."""
+    """Time every case of the chosen experiment in interleaved rounds; results with ratios filled in."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    cases, work = (nested_cases if args.nested else dense_cases)(args, device, dtype)
-    results = []
-    for case in tqdm(cases, desc="variants", unit="variant", file=sys.stderr):
+    experiment = nested_cases if args.nested else window_cases if args.window else dense_cases
+    cases, work = experiment(args, device, dtype)
+    results, runnable = {}, []
+    for case in cases:
+        if case.unavailable:
+            results[case.name] = Result(case.name, skipped=case.unavailable)
+            continue
         try:
             with case.context():
-                seconds = median_seconds(case.call, args.min_run_time)  # its warm-up also tests feasibility
+                case.call()  # feasibility before any timing
+            runnable.append(case)
         except NoBackendAvailableError as err:
-            results.append(Result(case.name, skipped=first_reasons(str(err))))
-            continue
+            results[case.name] = Result(case.name, skipped=first_reasons(str(err)))
         except RuntimeError as err:  # torch refusing one of its kernels for this input
-            results.append(Result(case.name, skipped=case.refusal or torch_refusal(err, device)))
-            continue
-        result = Result(case.name, ms=seconds * 1e3)
+            results[case.name] = Result(case.name, skipped=case.refusal or torch_refusal(err, device))
+    times: dict[str, list[float]] = {c.name: [] for c in runnable}
+    for _ in tqdm(range(args.rounds), desc="rounds", unit="round", file=sys.stderr):
+        for case in runnable:  # interleaved: every case once per round
+            with case.context():
+                times[case.name].append(median_seconds(case.call, args.min_run_time))
+    for case in runnable:
+        seconds = statistics.median(times[case.name])
+        result = Result(case.name, ms=seconds * 1e3, spread=(max(times[case.name]) - min(times[case.name])) / seconds)
         if args.nested:
             result.tokens_per_s = work / seconds
         else:
             result.tflops = work / seconds / 1e12
-        results.append(result)
-    fastest = min((r.ms for r in results if r.ms is not None), default=None)
-    for r in results:
+        results[case.name] = result
+    ordered = [results[c.name] for c in cases]
+    fastest = min((r.ms for r in ordered if r.ms is not None), default=None)
+    for r in ordered:
         if r.ms is not None and fastest:
             r.ratio = r.ms / fastest
-    return results
+    return ordered
 
 
 def title(args: argparse.Namespace) -> str:
     what = "nested batch, real tokens only" if args.nested else "dense batch"
+    if args.window:
+        what = f"causal, window {args.window} vs full (TFLOP/s: the full causal work per time)"
     step = "forward + backward" if args.train else "forward"
     return (
         f"SDPA on {args.device}, {args.dtype}, {what}: batch {args.batch}, heads {args.heads}, "
@@ -171,11 +241,11 @@ def title(args: argparse.Namespace) -> str:
 
 def format_table(results: list[Result], args: argparse.Namespace) -> str:
     unit = "tokens/s" if args.nested else "TFLOP/s"
-    rows = [f"{'variant':<30} {'ms/call':>9} {'x fastest':>10} {unit:>10}"]
+    rows = [f"{'variant':<32} {'ms/call':>9} {'spread':>7} {'x fastest':>10} {unit:>10}"]
     for r in results:
         if r.ms is not None:
-            rate = f"{r.tokens_per_s:>10.3g}" if args.nested else f"{r.tflops:>10.3f}"
-            rows.append(f"{r.name:<30} {r.ms:>9.3f} {r.ratio:>10.2f} {rate}")
+            rate = f"{r.tokens_per_s:>10.3g}" if args.nested else f"{r.tflops:>10.3g}"
+            rows.append(f"{r.name:<32} {r.ms:>9.3f} {100 * r.spread:>6.0f}% {r.ratio:>10.2f} {rate}")
     skipped = [f"  {r.name}: {r.skipped}" for r in results if r.skipped]
     if skipped:
         rows += ["", "could not run:", *skipped]
@@ -197,11 +267,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--causal", action="store_true", help="causal attention (top-left aligned)")
     parser.add_argument("--train", action=argparse.BooleanOptionalAction, help="time forward + backward")
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per variant")
+    parser.add_argument("--window", type=int, help="the window experiment: causal window of this many keys vs full")
+    parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per variant and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median and spread)")
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("bench-results"))
     args = parser.parse_args(argv)
     # The tutorial's size on a GPU; on CPU sizes that time every variant in well under a minute.
     defaults = (32, 32, 1024) if cuda else ((16, 8, 256) if args.nested else (4, 8, 512))
+    if args.window:
+        defaults = (1, 8, 4096)
     for name, value in zip(("batch", "heads", "seq_len"), defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -220,7 +294,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
         results = run(args)
     table = format_table(results, args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "sdpa_nested" if args.nested else "sdpa_backends"
+    stem = "sdpa_nested" if args.nested else f"sdpa_window{args.window}" if args.window else "sdpa_backends"
     json_path, png_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.png"
     config = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()}
     payload = {

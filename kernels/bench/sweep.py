@@ -117,10 +117,12 @@ def measure_shape(args: argparse.Namespace, step: str, dtype: str, head_dim: int
 def run(args: argparse.Namespace, on_progress=None) -> list[Point]:
     """Every shape of the grid; past ``--time-budget`` seconds the remaining shapes are listed as skipped.
     ``on_progress(points)`` is called after each shape (the JSON is rewritten, so a killed run keeps its data)."""
-    grid = list(itertools.product(args.steps, args.dtypes, args.head_dims, (False, True), args.seq_lens))
+    # In the order the arguments give (the first dtype, head dim and length first), each shape's passes together: a
+    # run cut short by its time budget has measured the shapes that were asked for first.
+    grid = list(itertools.product(args.dtypes, args.head_dims, args.seq_lens, (False, True), args.steps))
     points: list[Point] = []
     started = time.monotonic()
-    for step, dtype, head_dim, causal, seq_len in tqdm(grid, desc="sweep", unit="shape", file=sys.stderr):
+    for dtype, head_dim, seq_len, causal, step in tqdm(grid, desc="sweep", unit="shape", file=sys.stderr):
         if args.time_budget and time.monotonic() - started > args.time_budget:
             why = f"time budget spent (--time-budget {args.time_budget:g} s)"
             batch = max(1, args.tokens // seq_len)
@@ -191,12 +193,14 @@ def main(argv: list[str] | None = None) -> list[Point]:
     json_path, png_path = args.out_dir / "kernels_sweep.json", args.out_dir / "kernels_sweep.png"
     config = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()}
     device = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
+    date = datetime.date.today().isoformat()  # kernels.preferences cites it next to each measured ratio
 
     def write(points: list[Point]) -> None:
         payload = {
             "config": config,
             "torch": torch.__version__,
             "device": device,
+            "date": date,
             "points": [dataclasses.asdict(p) for p in points],
         }
         json_path.write_text(json.dumps(payload, indent=2))

@@ -138,11 +138,13 @@ def jit_specialisation(fn, args: tuple, kwargs: dict, arch: int):
 
 def variant_call(v: Variant):
     """``(JITFunction, args, kwargs)`` of the variant's launch, the tile's meta-parameters included."""
+    import triton
+
     from . import ops
 
     launch = _example_launch(v)
     fn = ops.KERNELS[launch.kernel]
-    fn = getattr(fn, "fn", fn)  # the JITFunction behind the autotuner
+    fn = fn.fn if isinstance(fn, triton.runtime.Autotuner) else fn  # the JITFunction behind the autotuner
     m, n, w, s = v.tile
     kwargs = dict(launch.kwargs)
     if v.kernel != "bwd_pre":
@@ -234,9 +236,10 @@ def kept(v: Variant) -> list[tuple[int, int, int, int]]:
         return [(0, 0, 4, 1)]
     import torch
 
+    extra = v.varlen or v.window or (v.kernel == "bwd_dkdv" and v.gqa)
     return kept_tiles(
         KERNEL_NAMES[v.kernel], v.arch, v.path == "tma", block_dim(v.head_dim),
-        kind_of(getattr(torch, v.dtype), v.mask, v.dropout),
+        kind_of(getattr(torch, v.dtype), v.mask, v.dropout, extra),
     )  # fmt: skip
 
 

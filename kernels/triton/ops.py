@@ -458,7 +458,7 @@ DECODE_SPLIT = 256  # keys per program (a multiple of DECODE_BLOCK_N): long cach
 
 
 def decode_launch(q, k_cache, v_cache, lengths, scale: float, allow_tf32: bool):
-    """The split launch of `decode_attention` and its partial outputs ``(launch, acc, m, l, block_m)``."""
+    """The split launch of `decode_attention` and its partial outputs ``(launch, acc, m, l)``."""
     q, k_cache, v_cache = (contiguous_last(t) for t in (q, k_cache, v_cache))
     B, H, T, D = q.shape
     Hk, max_len, DV = k_cache.size(1), k_cache.size(2), v_cache.size(-1)
@@ -477,7 +477,7 @@ def decode_launch(q, k_cache, v_cache, lengths, scale: float, allow_tf32: bool):
         "BLOCK_M": block_m, "BLOCK_N": DECODE_BLOCK_N, "BLOCK_D": block_dim(D), "BLOCK_DV": block_dim(DV),
         "num_warps": 4, "num_stages": 2,
     }  # fmt: skip
-    return Launch("attn_decode_split", (splits, B * Hk), args, kwargs), acc, m, l_sum, block_m
+    return Launch("attn_decode_split", (splits, B * Hk), args, kwargs), acc, m, l_sum
 
 
 @torch.library.custom_op("fusedlayers::decode_attention", mutates_args=())
@@ -485,7 +485,7 @@ def decode_attention_op(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float, allow_tf32: bool
 ) -> torch.Tensor:
     """``q (B, H, T, D)``, caches ``(B, Hk, max_len, *)``, ``lengths (B,)`` -> ``(B, H, T, Dv)`` (`decode.py`)."""
-    launch, acc, m, l_sum, block_m = decode_launch(q, k_cache, v_cache, lengths, scale, allow_tf32)
+    launch, acc, m, l_sum = decode_launch(q, k_cache, v_cache, lengths, scale, allow_tf32)
     _run(launch)
     B, H, T, _ = q.shape
     Hk, DV = k_cache.size(1), v_cache.size(-1)

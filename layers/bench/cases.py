@@ -128,7 +128,7 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
             "transformer",
             lambda: nn.Transformer(
                 E, args.nhead, args.num_layers, args.num_layers, args.dim_feedforward, args.dropout, batch_first=True
-            ),  # fmt: skip
+            ),
         )
 
     def detr():
@@ -160,7 +160,7 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
             lambda m: m(x, mask=no_op, src_key_padding_mask=pad),
             keep,
             "TransformerEncoder, all-False mask + key padding (translation model)",
-        ),  # fmt: skip
+        ),
         "need-weights": (detr, detr_forward, keep, "DETR encoder layer: default need_weights=True, key padding"),
         "float-causal": (mingpt, gpt_forward, None, "minGPT blocks: float causal attn_mask, default need_weights"),
         "decoder": (
@@ -168,7 +168,7 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
             lambda m: m(tgt, x, tgt_mask=causal, tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=pad),
             tgt_keep,
             "TransformerDecoder, causal, padded target and memory",
-        ),  # fmt: skip
+        ),
         "transformer": (
             transformer,
             lambda m: m(
@@ -181,7 +181,7 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
             ),
             tgt_keep,
             "Transformer, padded source and target",
-        ),  # fmt: skip
+        ),
     }
     cases = []
     for name in names:

@@ -40,7 +40,7 @@ class TinyLM(nn.Module):
                     "ln2": nn.LayerNorm(n_embd),
                     "mlp": nn.Sequential(nn.Linear(n_embd, 4 * n_embd), nn.GELU(), nn.Linear(4 * n_embd, n_embd)),
                 }
-            )  # fmt: skip
+            )
             for _ in range(n_layer)
         )
         self.ln_f = nn.LayerNorm(n_embd)

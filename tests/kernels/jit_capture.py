@@ -9,6 +9,7 @@ import json
 import math
 
 import torch
+import triton
 from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.runtime.driver import driver
@@ -75,7 +76,7 @@ def main() -> None:
             else:
                 ops._run(launch)
             fn = ops.KERNELS[launch.kernel]
-            fn = getattr(fn, "fn", fn)
+            fn = fn.fn if isinstance(fn, triton.runtime.Autotuner) else fn
             kwargs = {**launch.kwargs, **meta}
             kwargs.setdefault("num_warps", 4)
             kwargs.setdefault("num_stages", 3)

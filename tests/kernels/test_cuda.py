@@ -1,7 +1,9 @@
-"""GPU numerics of the fused kernels (``pytest -m cuda``): every dtype, large shapes, the autotuner.
+"""GPU numerics of the fused kernels (``pytest -m cuda``, part of ``make gpu-check``): what only a GPU shows.
 
-Skipped without CUDA; run them on a GPU machine. bfloat16 numerics are checked here only: the Triton
-interpreter computes bfloat16 wrongly (TRITON-NOTES.md).
+Every dtype (bfloat16 numerics are checked here only: the Triton interpreter computes bfloat16 wrongly); every tile
+the autotuner keeps, forced one at a time; masks, dropout, GQA, variable length, bands, the decode kernel; a
+deterministic backward; tensors past 2^31 elements; compiled steps that neither recompile nor synchronise.
+Skipped without CUDA.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import pytest
 import torch
 from attention_checks import compare_backend, random_qkv
 
-from kernels import Backend
+import kernels
+from kernels import Backend, sliding_window
+from kernels.reference import attention_reference
 
 pytestmark = [
     pytest.mark.cuda,
@@ -34,6 +38,108 @@ def test_masks_gqa_and_odd_lengths(dtype):
     tensors = _cuda(random_qkv((3,), 8, 517, 1031, 80, kv_heads=2))
     keep = torch.rand(3, 1, 517, 1031, device="cuda") > 0.2
     compare_backend(Backend.TRITON, {**tensors, "attn_mask": keep}, dtype, enable_gqa=True)
+    bias = torch.randn(517, 1031, device="cuda")
+    compare_backend(Backend.TRITON, {**tensors, "attn_mask": bias}, dtype, enable_gqa=True)
+
+
+@pytest.mark.parametrize("L,S", [(300, 700), (700, 300)])
+def test_causal_with_l_different_from_s(L, S):
+    compare_backend(Backend.TRITON, _cuda(random_qkv((2,), 4, L, S, 64)), torch.float16, is_causal=True)
+
+
+def _kept(kernel: str, head_dim: int, dtype: torch.dtype) -> list[tuple[int, int, int, int]]:
+    from kernels.triton import tiles
+
+    major, minor = torch.cuda.get_device_capability()
+    kind = tiles.kind_of(dtype, 0, False)
+    return tiles.kept_tiles(kernel, 10 * major + minor, major >= 9, tiles.block_dim(head_dim), kind)
+
+
+@pytest.mark.parametrize("kernel", ["attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_every_kept_tile_is_correct(kernel, head_dim, index):
+    """Each tile the autotuner may pick, forced alone (not only the winner), forward and gradients."""
+    from kernels.triton import tiles
+
+    kept = _kept(kernel, head_dim, torch.float16)
+    if index >= len(kept):
+        pytest.skip(f"{kernel} keeps {len(kept)} tile(s) at head dim {head_dim} on this card")
+    with tiles.forced(kernel, kept[index]):
+        compare_backend(Backend.TRITON, _cuda(random_qkv((2,), 4, 333, 333, head_dim)), torch.float16, is_causal=True)
+
+
+def test_dropout_statistics_and_same_seed_determinism():
+    q, k, v = (torch.randn(2, 4, 256, 64, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3))
+    runs = []
+    for seed in (7, 7):
+        torch.manual_seed(seed)
+        with kernels.sdpa_kernel([Backend.TRITON]):
+            out = kernels.scaled_dot_product_attention(q, k, v, dropout_p=0.3)
+        grads = torch.autograd.grad(out.sum(), (q, k, v))
+        runs.append((out, grads))
+    assert torch.equal(runs[0][0], runs[1][0]) and all(
+        torch.equal(a, b) for a, b in zip(runs[0][1], runs[1][1], strict=True)
+    )
+    # the kept fraction: with uniform weights and value = identity, each output entry is one weight, kept or dropped
+    zeros = torch.zeros(4, 8, 512, 64, device="cuda", dtype=torch.float16)
+    identity = torch.eye(64, device="cuda", dtype=torch.float16).expand(4, 8, 64, 64)
+    with kernels.sdpa_kernel([Backend.TRITON]):
+        weights = kernels.scaled_dot_product_attention(zeros, zeros[:, :, :64], identity, dropout_p=0.3)
+    kept = (weights != 0).float().mean().item()
+    assert abs(kept - 0.7) < 5 * (0.7 * 0.3 / weights.numel()) ** 0.5, kept
+
+
+def test_backward_is_bitwise_deterministic():
+    tensors = [torch.randn(2, 8, 1024, 128, device="cuda", dtype=torch.float16, requires_grad=True) for _ in range(3)]
+    grads = []
+    for _ in range(2):
+        with kernels.sdpa_kernel([Backend.TRITON]):
+            out = kernels.scaled_dot_product_attention(*tensors, is_causal=True)
+        grads.append(torch.autograd.grad(out.float().square().sum(), tensors))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
+
+
+def test_varlen_ragged_lengths_against_each_sequence():
+    lengths = [1, 700, 33, 129, 0, 512]
+    cu = torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0)).cuda()
+    q, k, v = (torch.randn(sum(lengths), 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    with kernels.sdpa_kernel([Backend.TRITON]):
+        out = kernels.varlen_attention(q, k, v, cu, cu, is_causal=True)
+    starts = cu.tolist()
+    for b, n in enumerate(lengths):
+        if n == 0:
+            continue
+        s = slice(starts[b], starts[b + 1])
+        ref = attention_reference(*(t[s].transpose(0, 1).double() for t in (q, k, v)), is_causal=True)
+        torch.testing.assert_close(out[s].double(), ref.transpose(0, 1), rtol=3e-2, atol=3e-2)
+
+
+def test_bands_and_decode_kernel():
+    tensors = _cuda(random_qkv((2,), 4, 900, 1000, 128))
+    band = sliding_window(900, 1000, 127, 0, lower_right=True)
+    ours = kernels.scaled_dot_product_attention(*(t.half() for t in tensors.values()), attn_mask=band)
+    ref = attention_reference(*tensors.values(), attn_mask=band.materialize(device="cuda"))
+    torch.testing.assert_close(ours.double(), ref, rtol=2e-2, atol=2e-2)
+    kc, vc = (torch.randn(4, 2, 5000, 128, device="cuda", dtype=torch.float16) for _ in range(2))
+    lengths = torch.tensor([1, 4999, 2500, 5000], device="cuda")
+    q = torch.randn(4, 8, 1, 128, device="cuda", dtype=torch.float16)
+    out = kernels.decode_attention(q, kc, vc, lengths, enable_gqa=True)
+    for b in range(4):
+        n = int(lengths[b])
+        ref = attention_reference(*(t[b : b + 1].double() for t in (q, kc[:, :, :n], vc[:, :, :n])), enable_gqa=True)
+        torch.testing.assert_close(out[b : b + 1].double(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_past_two_to_the_31_elements():
+    """Keys and values of 3 x 2^30 elements each: base offsets past 2^31 need 64-bit arithmetic."""
+    S = 1 << 23
+    k, v = (torch.randn(3, 1, S, 128, device="cuda", dtype=torch.float16) for _ in range(2))
+    q = torch.randn(3, 1, 16, 128, device="cuda", dtype=torch.float16)
+    with kernels.sdpa_kernel([Backend.TRITON]):
+        out = kernels.scaled_dot_product_attention(q, k, v)
+    last = torch.nn.functional.scaled_dot_product_attention(q[2:], k[2:], v[2:])
+    torch.testing.assert_close(out[2:], last, rtol=2e-2, atol=2e-2)
 
 
 def test_rows_with_nothing_to_attend_on_torch_cuda():
@@ -42,3 +148,28 @@ def test_rows_with_nothing_to_attend_on_torch_cuda():
     keep = torch.rand(2, 1, 64, 96, device="cuda") > 0.5
     keep[:, :, 5] = False
     compare_backend(Backend.TORCH, {**tensors, "attn_mask": keep}, torch.float16)
+
+
+def test_compiled_layer_does_not_recompile_across_lengths_and_varlen_step_does_not_sync():
+    from torch._dynamo.utils import counters
+
+    import layers
+
+    torch._dynamo.reset()
+    counters.clear()
+    layer = layers.TransformerEncoderLayer(256, 4, 512, batch_first=True, device="cuda", dtype=torch.float16)
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True)
+    for lengths in ([300, 17, 1000], [5, 600], [128, 128, 128, 9]):
+        x = torch.nested.nested_tensor([torch.randn(n, 256) for n in lengths], layout=torch.jagged,
+                                       device="cuda", dtype=torch.float16)  # fmt: skip
+        compiled(x).values().float().sum().backward()
+    assert counters["stats"]["unique_graphs"] == 1
+    x = torch.nested.nested_tensor([torch.randn(n, 256) for n in (40, 9)], layout=torch.jagged, device="cuda",
+                                   dtype=torch.float16)  # fmt: skip
+    compiled(x)  # warmed up (the autotuner synchronises while it benchmarks)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        compiled(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -30,12 +30,12 @@ def test_equals_attention_over_each_sequences_keys(backend, B, H, Hk, T, max_len
     q = torch.randn(B, H, T, D)
     skip_if_unavailable(backend, q)
     with only(backend):
-        out = kernels.decode_attention(q, kc, vc, lengths, enable_gqa=H != Hk)
+        out = kernels.decode_attention(q, kc, vc, lengths, enable_gqa=Hk != H)
     for b in range(B):
         n = int(lengths[b])
         causal = sliding_window(T, n, None, 0, lower_right=True).materialize()
         ref = attention_reference(*(t[b : b + 1].double() for t in (q, kc[:, :, :n], vc[:, :, :n])), attn_mask=causal,
-                                  enable_gqa=H != Hk)  # fmt: skip
+                                  enable_gqa=Hk != H)  # fmt: skip
         torch.testing.assert_close(out[b : b + 1].double(), ref, rtol=1e-4, atol=1e-5)
 
 

@@ -151,13 +151,16 @@ NESTED_MODULES = {
     "MultiheadAttention": (
         lambda: layers.MultiheadAttention(D, H, batch_first=True), lambda m, x: m(x, x, x, need_weights=False)[0]
     ),
-    "TransformerEncoderLayer": (lambda: layers.TransformerEncoderLayer(D, H, FF, 0.0, batch_first=True), lambda m, x: m(x)),
+    "TransformerEncoderLayer": (
+        lambda: layers.TransformerEncoderLayer(D, H, FF, 0.0, batch_first=True), lambda m, x: m(x)
+    ),
     "TransformerEncoder": (
         lambda: layers.TransformerEncoder(layers.TransformerEncoderLayer(D, H, FF, 0.0, batch_first=True), 2),
         lambda m, x: m(x, is_causal=True),
     ),
     "TransformerDecoderLayer": (
-        lambda: layers.TransformerDecoderLayer(D, H, FF, 0.0, batch_first=True), lambda m, x: m(x, x, tgt_is_causal=True)
+        lambda: layers.TransformerDecoderLayer(D, H, FF, 0.0, batch_first=True),
+        lambda m, x: m(x, x, tgt_is_causal=True),
     ),
     "CausalSelfAttention": (lambda: layers.CausalSelfAttention(H, D, is_causal=True), lambda m, x: m(x)),
 }  # fmt: skip
@@ -300,8 +303,8 @@ def test_torchscript_of_a_converted_model():
         args = (x, x, x) if isinstance(module, nn.MultiheadAttention) else (x,)
         out = torch.jit.script(module)(*args)
         eager_out = module(*args)
-        assert_close(out[0] if isinstance(out, tuple) else out, eager_out[0] if isinstance(eager_out, tuple) else eager_out,
-                     type(module).__name__)  # fmt: skip
+        first, eager_first = (o[0] if isinstance(o, tuple) else o for o in (out, eager_out))
+        assert_close(first, eager_first, type(module).__name__)
 
 
 @pytest.mark.parametrize("strict", [False, True])
@@ -350,7 +353,7 @@ def test_compile_fullgraph_with_padding_masks_and_nested_inputs():
 def raised(make) -> BaseException:
     try:
         make()
-    except Exception as err:  # noqa: BLE001 - the point is which exception comes out
+    except Exception as err:
         return err
     raise AssertionError("no exception")
 
@@ -372,7 +375,9 @@ BAD = {
     "Transformer batch mismatch": lambda cls: cls.Transformer(**transformer_kwargs())(
         torch.randn(N, S, D), torch.randn(N + 1, T, D)
     ),
-    "Transformer d_model": lambda cls: cls.Transformer(**transformer_kwargs())(torch.randn(N, S, 8), torch.randn(N, T, 8)),
+    "Transformer d_model": lambda cls: cls.Transformer(**transformer_kwargs())(
+        torch.randn(N, S, 8), torch.randn(N, T, 8)
+    ),
 }  # fmt: skip
 
 
