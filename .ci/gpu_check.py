@@ -9,7 +9,8 @@ last (only the end of the output may come back from a GPU machine).
 
 Steps: 1. the environment; 2. ``pytest -m cuda`` (JUnit XML); 3. the kernel sweep (a budgeted subset of
 ``python -m kernels.bench --sweep``); 4. variable length against padding; 5. the layers against ``torch.nn``
-(fp16/bf16 autocast); 6. a short training run of the byte-level GPT, profiled.
+(fp16/bf16 autocast); 6. generation with and without key/value caches, and the decode kernel's bandwidth against the
+card's copy rate; 7. a short training run of the byte-level GPT, profiled.
 
 Without CUDA (or with ``--dry-run``) every step still runs, on tiny CPU sizes, and says which GPU-only parts it
 skipped and why: the command's own logic is tested that way in CI (tests/test_gpu_check.py).
@@ -132,6 +133,18 @@ def _summarise_layers(out: pathlib.Path, dtype: str) -> dict:
     return {f"{r['case']} ours/torch": f"{r['ratio']:.2f}" for r in rows}
 
 
+def _summarise_decode(out: pathlib.Path) -> dict:
+    path = out / "decode" / "decode.json"
+    if not path.exists():
+        return {}
+    data = json.loads(path.read_text())
+    figures = {r["case"]: f"{r['speedup']:.1f}x with cache" for r in data["rows"]}
+    kernel = data.get("kernel") or {}
+    if kernel:
+        figures["decode kernel GB/s / copy GB/s"] = f"{kernel['decode_GBps']:.0f} / {kernel['copy_GBps']:.0f}"
+    return figures
+
+
 def _summarise_gpt(out: pathlib.Path) -> dict:
     path = out / "gpt" / "summary.json"
     if not path.exists():
@@ -146,7 +159,7 @@ def _summarise_gpt(out: pathlib.Path) -> dict:
 
 
 def steps(out: pathlib.Path) -> list[Step]:
-    """The six steps; each command's arguments on the GPU, then on tiny CPU sizes for a dry run."""
+    """The steps; each command's arguments on the GPU, then on tiny CPU sizes for a dry run."""
     py = sys.executable
     pytest = [
         py, "-m", "pytest", "-m", "cuda", "tests", "-q", "-p", "no:cacheprovider",
@@ -154,13 +167,17 @@ def steps(out: pathlib.Path) -> list[Step]:
     ]  # fmt: skip
     sweep = [py, "-m", "kernels.bench", "--sweep", "--out-dir", str(out / "sweep")]
     sweep_gpu = "--seq-lens 4096 1024 16384 --head-dims 128 64 --dtypes float16 bfloat16 --min-run-time 0.1"
-    sweep_gpu += " --rounds 2 --time-budget 105 --variants TRITON"
+    sweep_gpu += " --rounds 2 --time-budget 95 --variants TRITON"
     sweep_cpu = "--device cpu --seq-lens 16 32 --tokens 64 --heads 1 --head-dims 16 --dtypes float32"
     sweep_cpu += " --min-run-time 0.01 --rounds 1"
     torch_kernels = ["torch flash", "torch efficient", "torch cuDNN"]
     varlen = [py, "-m", "kernels.bench", "--nested", "--train", "--out-dir", str(out / "varlen")]
     varlen_gpu = "--batch 64 --seq-len 1024 --heads 16 --head-dim 128 --min-run-time 0.3"
     varlen_cpu = "--device cpu --batch 4 --seq-len 32 --heads 2 --head-dim 8 --min-run-time 0.01"
+    decode = [py, "-m", "layers.bench", "--decode", "--out-dir", str(out / "decode")]
+    decode_gpu = "--dtype float16 --decode-batches 8 --new-tokens 64 --rounds 2 --min-run-time 0.2"
+    decode_cpu = "--device cpu --decode-batches 2 --new-tokens 4 --block-size 32 --d-model 32 --nhead 2 --rounds 1"
+    decode_cpu += " --min-run-time 0.01"
     gpt = [py, "-m", "lightning_examples.short_run", "--out-dir", str(out / "gpt")]
     gpt_cpu = "--device cpu --steps 4 --block-size 32 --batch-size 4 --n-layer 1 --n-embd 48 --max-bytes 50000"
     layer_steps = []
@@ -177,13 +194,14 @@ def steps(out: pathlib.Path) -> list[Step]:
         Step("pytest -m cuda", 180, pytest, pytest, _summarise_pytest),
         Step(
             "kernel sweep",
-            120,
+            110,
             [*sweep, *sweep_gpu.split(), *torch_kernels],
             [*sweep, *sweep_cpu.split()],
             _summarise_sweep,
         ),
         Step("variable length", 30, [*varlen, *varlen_gpu.split()], [*varlen, *varlen_cpu.split()], _summarise_varlen),
         *layer_steps,
+        Step("decoding", 25, [*decode, *decode_gpu.split()], [*decode, *decode_cpu.split()], _summarise_decode),
         Step("GPT training", 60, [*gpt, "--steps", "300"], [*gpt, *gpt_cpu.split()], _summarise_gpt),
     ]
 

@@ -15,8 +15,9 @@ measured), or, on the copy-engine path of sm_90, does not use the copy engine.
 
 The default is a covering set (every constexpr value and head-dim bucket at least once per kernel, every kept tile
 of the main variants, both architectures); ``--full`` compiles the cross product (hours on 2 cores);
-``--measure-tiles`` compiles every tile of every kernel, architecture, path, head-dim bucket and kind, and prints
-the `kernels.triton.tiles.SPILL_FREE` table those compiles support. Exits non-zero when a variant fails.
+``--measure-tiles`` compiles every tile of every kernel, architecture, path, head-dim bucket and kind (each kind in
+several feature combinations, `MEASURED_KINDS`), and prints the table those compiles support for the installed
+triton (`kernels.triton.spill_free` holds one per measured version). Exits non-zero when a variant fails.
 
 It must run in a process without ``TRITON_INTERPRET`` (the kernels must be real ``JITFunction``s).
 """
@@ -283,26 +284,47 @@ def variants(full: bool, archs: tuple[int, ...]) -> list[Variant]:
     return list(dict.fromkeys(out))
 
 
-def measure_tiles(archs: tuple[int, ...], jobs: int) -> dict:
-    """Compile every tile of every kernel for each (arch, path, head-dim bucket, kind); the spill-free ones."""
+# What each SPILL_FREE kind must survive: a tile is kept for a kind when every one of these compiles spill-free
+# (register allocation is not monotone in the features, so the "tile" kinds are checked with several combinations).
+_TILE_STATE = [
+    {"mask": 1, "dropout": True, "causal": True},
+    {"mask": 1, "dropout": True, "causal": True, "window": True, "gqa": True},
+    {"varlen": True, "dropout": True, "causal": True},
+    {"varlen": True, "dropout": True, "causal": True, "window": True, "gqa": True},
+]
+MEASURED_KINDS = {
+    "plain": [{}, {"causal": True}],
+    "tile": _TILE_STATE,
+    "fp32": [{"dtype": "float32"}, {"dtype": "float32", "causal": True}],
+    "fp32-tile": [{"dtype": "float32", **flags} for flags in _TILE_STATE],
+}
+
+
+def measure_tiles(archs: tuple[int, ...], jobs: int, keep: int = 3) -> dict:
+    """Compile every tile of every kernel for each (arch, path, head-dim bucket, kind) in each of the kind's
+    feature combinations (`MEASURED_KINDS`); per row, the first ``keep`` tiles (in CONFIGS order) that pass all."""
     from .tiles import CONFIGS
 
-    kinds = {"plain": {}, "tile": {"mask": 1, "dropout": True, "causal": True}, "fp32": {"dtype": "float32"}}
-    todo = []
-    for arch, kernel, bucket, flags in itertools.product(archs, KERNEL_NAMES, (64, 128, 256), kinds.values()):
+    todo, rows = [], []
+    for arch, kernel, bucket, (kind, combos) in itertools.product(
+        archs, KERNEL_NAMES, (64, 128, 256), MEASURED_KINDS.items()
+    ):
         if kernel == "bwd_pre":
             continue
         for tma in (True, False) if arch >= 90 else (False,):
             for tile in CONFIGS[KERNEL_NAMES[kernel]]:
-                todo.append(Variant(kernel, arch, head_dim=bucket, tma=tma, tile=tile, **flags))
+                for flags in combos:
+                    todo.append(Variant(kernel, arch, head_dim=bucket, tma=tma, tile=tile, **flags))
+                    rows.append((KERNEL_NAMES[kernel], (arch, "tma" if tma and arch >= 90 else "ptr", bucket, kind)))
     reports = _compile_all(todo, jobs)
-    table: dict = {}
-    for v, r in zip(todo, reports, strict=True):
-        kind = "fp32" if v.dtype == "float32" else ("tile" if v.mask else "plain")
-        row = table.setdefault(KERNEL_NAMES[v.kernel], {}).setdefault((v.arch, v.path, v.head_dim, kind), [])
-        if r["ok"]:
-            row.append(v.tile)
-    return table
+    passed: dict = {}
+    for v, row, r in zip(todo, rows, reports, strict=True):
+        ok = passed.setdefault(row[0], {}).setdefault(row[1], {})
+        ok[v.tile] = ok.get(v.tile, True) and r["ok"]
+    return {
+        kernel: {row: [t for t in CONFIGS[kernel] if ok.get(t)][:keep] for row, ok in by_row.items()}
+        for kernel, by_row in passed.items()
+    }
 
 
 def _compile_all(todo: list[Variant], jobs: int) -> list[dict]:
@@ -360,7 +382,12 @@ def goals(reports: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kernels.compile_check", description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="the whole cross product (hours)")
-    parser.add_argument("--measure-tiles", action="store_true", help="compile every tile; print the SPILL_FREE table")
+    parser.add_argument(
+        "--measure-tiles",
+        action="store_true",
+        help="compile every tile in every kind's feature combinations (about 4,000 compiles: an hour or more on 2 "
+        "cores) and print the spill-free table for the installed triton",
+    )
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", help="write one record per compiled variant to this file")
@@ -373,11 +400,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.measure_tiles:
         table = measure_tiles(tuple(args.arch), args.jobs)
+        print(f"# triton {triton.__version__}: paste into kernels/triton/spill_free.py\nTABLE: Table = {{")
         for kernel, rows in table.items():
             print(f"    {kernel!r}: {{")
             for key, tiles in sorted(rows.items()):
                 print(f"        {key!r}: {tiles!r},")
             print("    },")
+        print("}")
         return 0
     todo = variants(args.full, tuple(args.arch))
     print(f"triton {triton.__version__}: compiling {len(todo)} kernel variants for "

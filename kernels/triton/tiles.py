@@ -3,8 +3,9 @@
 Each kernel has its own list of ``(BLOCK_M, BLOCK_N, num_warps, num_stages)`` (module level, so the offline compile
 check, `kernels.triton.compile_check`, covers exactly these). `SPILL_FREE` says which tiles compile without register
 spills and within shared memory, on both the copy-engine (tensor descriptor) and the pointer path, per kernel,
-architecture, head-dim bucket and kind; it was measured with the compile check as the JIT compiles the kernels
-(``python -m kernels.compile_check --measure-tiles`` prints it again), and the check fails when a kept tile spills.
+architecture, head-dim bucket and kind, for the installed Triton version (`spill_free`: register allocation differs
+between versions); it was measured with the compile check as the JIT compiles the kernels (``python -m
+kernels.compile_check --measure-tiles`` prints it again), and the check fails when a kept tile spills.
 
 The autotuner's key buckets the lengths (`length_key`): a new sequence length costs no new benchmarking unless it
 crosses a power of two, and the timings are cached on disk across processes (``cache_results``).
@@ -19,7 +20,9 @@ from collections.abc import Iterator
 import torch
 import triton
 
-Tile = tuple[int, int, int, int]  # BLOCK_M, BLOCK_N, num_warps, num_stages
+from . import spill_free
+
+Tile = spill_free.Tile
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -43,133 +46,7 @@ INTERPRETER_TILE: Tile = (32, 32, 4, 1)  # the interpreter cannot benchmark: one
 PREPROCESS_BLOCK = 32
 AUTOTUNE_KEY = ["L_KEY", "S_KEY", "D", "DV", "HAS_LEFT", "HAS_RIGHT", "MASK_KIND", "HAS_DROPOUT", "VARLEN", "USE_TMA"]
 
-# SPILL_FREE[kernel][(arch, path, bucket, kind)]: the tiles kept, at most three (each one the autotuner tries costs
-# a compile on the GPU), in the order of CONFIGS (larger tiles first) among those that compile spill-free within
-# shared memory, with wgmma on sm_90 up to head dim 128. arch 80 stands for every card before Hopper (no copy
-# engine: pointer path only), 90 for Hopper and later; path "tma" or "ptr"; bucket the padded head dim (64, 128,
-# 256); kind "plain", "tile" (more state is live: a mask or dropout tile, variable length, a window's left edge, or
-# grouped query heads in dK/dV), "fp32" (float32 operands), "fp32-tile" (both). The "tile" rows hold the tiles that
-# stayed spill-free with all of that state live at once (a mask, dropout, a window and grouped heads, dense; and the
-# same with variable length instead of the mask); "fp32-tile" likewise where one passed, else tiles spill-free in
-# both the "fp32" and the "tile" measurement.
-# Measured 2026-11-27, triton 3.9, sm_80/sm_90, with `python -m kernels.compile_check --measure-tiles`; float32 above
-# head dim 128 is not served by TRITON (kernels.triton.unavailable_reasons).
-SPILL_FREE: dict[str, dict[tuple[int, str, int, str], list[Tile]]] = {
-    'attn_fwd': {
-        (80, 'ptr', 64, 'fp32'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
-        (80, 'ptr', 64, 'fp32-tile'): [(64, 64, 8, 2), (64, 16, 4, 2), (32, 32, 4, 1)],
-        (80, 'ptr', 64, 'plain'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
-        (80, 'ptr', 64, 'tile'): [(64, 64, 8, 2), (64, 16, 4, 2), (32, 32, 4, 1)],
-        (80, 'ptr', 128, 'fp32'): [(128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2)],
-        (80, 'ptr', 128, 'fp32-tile'): [(64, 16, 4, 2), (32, 16, 4, 1), (16, 16, 8, 1)],
-        (80, 'ptr', 128, 'plain'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
-        (80, 'ptr', 128, 'tile'): [(64, 64, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2)],
-        (80, 'ptr', 256, 'fp32'): [(64, 16, 4, 2), (32, 32, 4, 1), (32, 16, 4, 1)],
-        (80, 'ptr', 256, 'fp32-tile'): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 8, 1)],
-        (80, 'ptr', 256, 'plain'): [(64, 64, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2)],
-        (80, 'ptr', 256, 'tile'): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 8, 1)],
-        (90, 'ptr', 64, 'fp32'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
-        (90, 'ptr', 64, 'fp32-tile'): [(64, 64, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)],
-        (90, 'ptr', 64, 'plain'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
-        (90, 'ptr', 64, 'tile'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
-        (90, 'ptr', 128, 'fp32'): [(128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 4, 3)],
-        (90, 'ptr', 128, 'fp32-tile'): [(64, 32, 4, 2), (64, 16, 4, 2)],
-        (90, 'ptr', 128, 'plain'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
-        (90, 'ptr', 128, 'tile'): [(64, 64, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2)],
-        (90, 'ptr', 256, 'fp32'): [(64, 32, 4, 2), (64, 16, 4, 2), (32, 32, 4, 1)],
-        (90, 'ptr', 256, 'fp32-tile'): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 8, 1)],
-        (90, 'ptr', 256, 'plain'): [(128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 4, 3)],
-        (90, 'ptr', 256, 'tile'): [(64, 16, 4, 2), (32, 32, 4, 1), (32, 16, 4, 1)],
-        (90, 'tma', 64, 'fp32'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
-        (90, 'tma', 64, 'fp32-tile'): [(64, 64, 8, 2), (64, 64, 4, 3), (64, 64, 4, 2)],
-        (90, 'tma', 64, 'plain'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
-        (90, 'tma', 64, 'tile'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
-        (90, 'tma', 128, 'fp32'): [(128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 4, 3)],
-        (90, 'tma', 128, 'fp32-tile'): [(64, 64, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2)],
-        (90, 'tma', 128, 'plain'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
-        (90, 'tma', 128, 'tile'): [(64, 64, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2)],
-        (90, 'tma', 256, 'fp32'): [(64, 32, 4, 2), (64, 16, 4, 2), (16, 32, 8, 1)],
-        (90, 'tma', 256, 'fp32-tile'): [(64, 16, 4, 2), (16, 32, 8, 1), (16, 16, 8, 1)],
-        (90, 'tma', 256, 'plain'): [(128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 4, 3)],
-        (90, 'tma', 256, 'tile'): [(64, 32, 4, 2), (64, 16, 4, 2), (16, 32, 8, 1)],
-    },
-    'attn_bwd_dkdv': {
-        (80, 'ptr', 64, 'fp32'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
-        (80, 'ptr', 64, 'fp32-tile'): [(16, 64, 8, 1), (16, 16, 8, 1)],
-        (80, 'ptr', 64, 'plain'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
-        (80, 'ptr', 64, 'tile'): [(16, 64, 8, 1), (32, 32, 4, 1), (16, 32, 4, 1)],
-        (80, 'ptr', 128, 'fp32'): [(16, 128, 8, 2), (32, 64, 4, 2), (16, 64, 8, 1)],
-        (80, 'ptr', 128, 'fp32-tile'): [(16, 64, 8, 1)],
-        (80, 'ptr', 128, 'plain'): [(16, 128, 8, 2), (32, 64, 4, 2), (16, 64, 8, 1)],
-        (80, 'ptr', 128, 'tile'): [(16, 64, 8, 1), (16, 32, 8, 1), (16, 16, 8, 1)],
-        (80, 'ptr', 256, 'fp32'): [(16, 32, 4, 1), (16, 32, 8, 1), (16, 16, 8, 1)],
-        (80, 'ptr', 256, 'fp32-tile'): [(16, 16, 8, 1)],
-        (80, 'ptr', 256, 'plain'): [(16, 64, 8, 1), (32, 32, 4, 1), (16, 32, 8, 1)],
-        (80, 'ptr', 256, 'tile'): [(16, 32, 8, 1)],
-        (90, 'ptr', 64, 'fp32'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
-        (90, 'ptr', 64, 'fp32-tile'): [(16, 128, 8, 2), (16, 64, 8, 1)],
-        (90, 'ptr', 64, 'plain'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
-        (90, 'ptr', 64, 'tile'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
-        (90, 'ptr', 128, 'fp32'): [(16, 128, 8, 2), (32, 32, 4, 1), (16, 32, 4, 1)],
-        (90, 'ptr', 128, 'fp32-tile'): [(16, 32, 8, 1), (16, 16, 8, 1)],
-        (90, 'ptr', 128, 'plain'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
-        (90, 'ptr', 128, 'tile'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
-        (90, 'ptr', 256, 'fp32'): [(32, 32, 4, 1), (16, 32, 4, 1), (16, 32, 8, 1)],
-        (90, 'ptr', 256, 'fp32-tile'): [(16, 32, 8, 1)],
-        (90, 'ptr', 256, 'plain'): [(32, 32, 4, 1), (16, 32, 8, 1)],
-        (90, 'ptr', 256, 'tile'): [(16, 32, 8, 1)],
-        (90, 'tma', 64, 'fp32'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
-        (90, 'tma', 64, 'fp32-tile'): [(16, 64, 8, 1)],
-        (90, 'tma', 64, 'plain'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
-        (90, 'tma', 64, 'tile'): [(32, 128, 8, 3), (16, 128, 8, 2), (16, 64, 8, 1)],
-        (90, 'tma', 128, 'fp32'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
-        (90, 'tma', 128, 'fp32-tile'): [(16, 16, 8, 1)],
-        (90, 'tma', 128, 'plain'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
-        (90, 'tma', 128, 'tile'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
-        (90, 'tma', 256, 'fp32'): [],
-        (90, 'tma', 256, 'fp32-tile'): [],
-        (90, 'tma', 256, 'plain'): [(16, 16, 8, 1)],
-        (90, 'tma', 256, 'tile'): [(16, 16, 8, 1)],
-    },
-    'attn_bwd_dq': {
-        (80, 'ptr', 64, 'fp32'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (80, 'ptr', 64, 'fp32-tile'): [(128, 16, 8, 2), (64, 32, 8, 2), (64, 16, 4, 2)],
-        (80, 'ptr', 64, 'plain'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
-        (80, 'ptr', 64, 'tile'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (80, 'ptr', 128, 'fp32'): [(128, 16, 8, 2), (64, 64, 4, 2), (64, 32, 8, 2)],
-        (80, 'ptr', 128, 'fp32-tile'): [(64, 32, 8, 2), (32, 32, 4, 1), (16, 32, 8, 1)],
-        (80, 'ptr', 128, 'plain'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (80, 'ptr', 128, 'tile'): [(64, 32, 8, 2), (64, 32, 4, 2), (32, 16, 4, 1)],
-        (80, 'ptr', 256, 'fp32'): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 8, 1)],
-        (80, 'ptr', 256, 'fp32-tile'): [(16, 32, 8, 1), (16, 16, 8, 1)],
-        (80, 'ptr', 256, 'plain'): [(64, 32, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2)],
-        (80, 'ptr', 256, 'tile'): [(32, 16, 4, 1), (16, 32, 8, 1), (16, 16, 8, 1)],
-        (90, 'ptr', 64, 'fp32'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
-        (90, 'ptr', 64, 'fp32-tile'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (90, 'ptr', 64, 'plain'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
-        (90, 'ptr', 64, 'tile'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (90, 'ptr', 128, 'fp32'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (90, 'ptr', 128, 'fp32-tile'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (90, 'ptr', 128, 'plain'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
-        (90, 'ptr', 128, 'tile'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (90, 'ptr', 256, 'fp32'): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 8, 1)],
-        (90, 'ptr', 256, 'fp32-tile'): [(16, 16, 8, 1)],
-        (90, 'ptr', 256, 'plain'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (90, 'ptr', 256, 'tile'): [(128, 16, 8, 2), (32, 16, 4, 1)],
-        (90, 'tma', 64, 'fp32'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
-        (90, 'tma', 64, 'fp32-tile'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
-        (90, 'tma', 64, 'plain'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
-        (90, 'tma', 64, 'tile'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
-        (90, 'tma', 128, 'fp32'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (90, 'tma', 128, 'fp32-tile'): [(128, 32, 8, 2), (128, 16, 8, 2), (64, 32, 8, 2)],
-        (90, 'tma', 128, 'plain'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
-        (90, 'tma', 128, 'tile'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (90, 'tma', 256, 'fp32'): [(64, 16, 4, 2)],
-        (90, 'tma', 256, 'fp32-tile'): [],
-        (90, 'tma', 256, 'plain'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (90, 'tma', 256, 'tile'): [(128, 16, 8, 2), (16, 32, 8, 1), (16, 16, 8, 1)],
-    },
-}  # fmt: skip
+SPILL_FREE = spill_free.for_version(triton.__version__)  # see spill_free.py
 
 
 def length_key(n: int) -> int:

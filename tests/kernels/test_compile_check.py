@@ -98,3 +98,38 @@ def test_refuses_the_interpreter():
         env=_env(TRITON_INTERPRET="1"), timeout=120,
     )  # fmt: skip
     assert done.returncode == 2 and "run it without TRITON_INTERPRET=1" in done.stderr
+
+
+def test_measured_table_keeps_tiles_spill_free_in_every_combination(monkeypatch):
+    """``--measure-tiles``' reduction: a tile is kept for a kind only when all of the kind's feature combinations
+    compiled spill-free; at most ``keep`` per row, larger tiles first (compiles replaced by a rule here)."""
+    from kernels.triton import compile_check
+    from kernels.triton.tiles import CONFIGS
+
+    big = CONFIGS["attn_fwd"][0]
+
+    def fake_compile_all(todo, jobs):  # the largest forward tile spills only with variable length and a window
+        return [{"ok": not (v.tile == big and v.varlen and v.window)} for v in todo]
+
+    monkeypatch.setattr(compile_check, "_compile_all", fake_compile_all)
+    table = compile_check.measure_tiles((90,), jobs=1, keep=2)
+    assert set(table) == {"attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq"}
+    assert table["attn_fwd"][(90, "tma", 128, "plain")] == CONFIGS["attn_fwd"][:2]
+    assert table["attn_fwd"][(90, "ptr", 64, "tile")] == CONFIGS["attn_fwd"][1:3]
+    assert table["attn_fwd"][(90, "tma", 256, "fp32-tile")] == CONFIGS["attn_fwd"][1:3]
+    assert table["attn_bwd_dq"][(90, "tma", 64, "fp32-tile")] == CONFIGS["attn_bwd_dq"][:2]
+
+
+def test_tile_table_follows_the_installed_triton():
+    import triton
+
+    from kernels.triton import spill_free, tiles
+
+    assert spill_free.for_version("3.6.0") is spill_free.BOTH_36_39
+    assert spill_free.for_version("3.8.1+git1234") is spill_free.BOTH_36_39
+    assert spill_free.for_version("3.9.0") is spill_free.TRITON_39 is spill_free.for_version("4.0.0")
+    assert tiles.SPILL_FREE is spill_free.for_version(triton.__version__)
+    for table in (spill_free.TRITON_39, spill_free.BOTH_36_39):  # every kept tile is one the autotuner has
+        assert all(set(kept) <= set(tiles.CONFIGS[k]) for k, rows in table.items() for kept in rows.values())
+        assert table.keys() == spill_free.TRITON_39.keys()
+        assert all(table[k].keys() == spill_free.TRITON_39[k].keys() for k in table)
