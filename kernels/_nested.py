@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ._cpu_share import on_free_threads
 from .masks import Band, band_of
 
 DenseAttention = Callable[..., torch.Tensor]
@@ -153,10 +154,15 @@ def packed_attention(
     ``b`` has ``q_lens[b]`` query and ``k_lens[b]`` key tokens. A sequence with no keys gives zeros. A band mask
     (``attn_mask``) applies to each sequence with its own lengths.
     """
-    heads, head_dim_v = query.size(1), value.size(-1)
     if query.size(0) == 0:
-        return query.new_zeros(0, heads, head_dim_v)
+        return query.new_zeros(0, query.size(1), value.size(-1))
     p = plan(tuple(q_lens), tuple(k_lens), band_for(is_causal, attn_mask), query.device)
+    options = {"dropout_p": dropout_p, "scale": scale, "enable_gqa": enable_gqa}
+    # many small parallel operations: on as many threads as other processes leave cores free (_cpu_share)
+    return on_free_threads(functools.partial(_run_plan, attend, p, options), query, key, value)
+
+
+def _run_plan(attend: DenseAttention, p: Plan, options: dict, query, key, value) -> torch.Tensor:
     q_all = query.index_select(0, p.q_index)  # (sum n * Lq, H, E): one gather per operand
     k_all, v_all = key.index_select(0, p.k_index), value.index_select(0, p.k_index)
     outputs = []
@@ -167,7 +173,7 @@ def packed_attention(
 
         out = attend(
             dense(q_all, b.q_rows, b.q_len), dense(k_all, b.k_rows, b.k_len), dense(v_all, b.k_rows, b.k_len),
-            attn_mask=b.mask, dropout_p=dropout_p, is_causal=b.causal, scale=scale, enable_gqa=enable_gqa,
+            attn_mask=b.mask, is_causal=b.causal, **options,
         )  # fmt: skip  # (n, H, Lq, Ev)
         outputs.append(out.transpose(1, 2).flatten(0, 1))  # (n * Lq, H, Ev)
     gathered = torch.cat(outputs) if len(outputs) > 1 else outputs[0]

@@ -235,8 +235,8 @@ def _check_nested(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, a
             )
     if attn_mask is not None and band_of(attn_mask) is None:
         raise ValueError(
-            "a mask tensor is not supported with nested inputs; use is_causal=True for causal attention, a band made "
-            "for any length (kernels.sliding_window(None, None, ...)), or pad the batch to a dense tensor"
+            "attn_mask: a mask tensor is not supported with nested inputs; use is_causal=True for causal attention, a "
+            "band made for any length (kernels.sliding_window(None, None, ...)), or pad the batch to a dense tensor"
         )
     batch = query.size(0)
     for name, t in (("key", key), ("value", value)):

@@ -388,6 +388,7 @@ def _attention_with_weights(q, k, v, attn_mask, key_padding_mask, dropout_p):
     mask = merge_masks(attn_mask, key_padding_mask, N, H, q.dtype)  # bool keep, or additive float
     empty = None
     if mask is not None:
+        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))  # (N or 1, H or 1, L or 1, S)
         if mask.dtype == torch.bool:
             empty = ~mask.any(dim=-1, keepdim=True)
             mask = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill_(~(mask | empty), float("-inf"))
@@ -396,7 +397,12 @@ def _attention_with_weights(q, k, v, attn_mask, key_padding_mask, dropout_p):
             mask = mask.masked_fill(empty, 0.0)
         if not tracing() and not empty.any():
             empty = None
-        mask = mask.expand(N, H, L, S).reshape(N * H, L, S)
+        # (N * H or 1, L or 1, S): baddbmm broadcasts the mask, so only the batch and head dims it varies over
+        # are materialised (a key padding mask stays one row per sequence and head, as in torch)
+        if mask.size(0) == 1 and mask.size(1) == 1:
+            mask = mask.reshape(1, mask.size(2), S)
+        else:
+            mask = mask.expand(N, H, mask.size(2), S).reshape(N * H, mask.size(2), S)
     q_scaled = q.reshape(N * H, L, D) * math.sqrt(1.0 / D)
     kt = k.reshape(N * H, S, D).transpose(1, 2)
     scores = torch.baddbmm(mask, q_scaled, kt) if mask is not None else torch.bmm(q_scaled, kt)

@@ -65,3 +65,18 @@ def test_core_install_needs_only_torch_and_triton(tmp_path):
     done = subprocess.run([python, "-c", script + example], capture_output=True, text=True, timeout=300,
                           env={**env, "PYTHONPATH": str(ROOT)}, cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_importing_a_main_module_runs_nothing(monkeypatch):
+    """The test collector imports every module of the packages (docstring examples): a ``__main__`` that ran its
+    command on import would start a benchmark or a training run inside the test suite."""
+    import importlib
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["pytest", "--not-an-option"])  # a command that ran would exit on this
+    mains = sorted(p for pkg in ("kernels", "layers", "lightning_examples") for p in (ROOT / pkg).rglob("__main__.py"))
+    assert len(mains) >= 3
+    for path in mains:
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        sys.modules.pop(name, None)
+        importlib.import_module(name)

@@ -12,7 +12,15 @@ from torch.nn.attention import sdpa_kernel as torch_sdpa_kernel
 
 from ..backends import Backend, sdpa_kernel
 
-__all__ = ["TRAIN_FLOPS_FACTOR", "attention_flops", "first_reasons", "only", "padded_lengths", "torch_refusal"]
+__all__ = [
+    "LENGTH_KINDS",
+    "TRAIN_FLOPS_FACTOR",
+    "attention_flops",
+    "first_reasons",
+    "only",
+    "padded_lengths",
+    "torch_refusal",
+]
 
 TRAIN_FLOPS_FACTOR = 3.5  # forward + backward FLOPs / forward FLOPs
 
@@ -33,9 +41,22 @@ def only(*backends: Backend, torch_kernel: SDPBackend | None = None) -> Iterator
         yield
 
 
-def padded_lengths(batch: int, max_len: int, generator: torch.Generator) -> list[int]:
-    """Lengths evenly spread over (0, max_len] in random order, the first at full length: the seed's
-    experiment, about 50% padding (16 x 256 -> 2,176 real tokens of 4,096)."""
+LENGTH_KINDS = ("tutorial", "even")
+
+
+def padded_lengths(batch: int, max_len: int, generator: torch.Generator, kind: str = "even") -> list[int]:
+    """Sequence lengths for a padded batch with about 50% padding, the first at full length.
+
+    ``"tutorial"``: the SDPA tutorial's batches (and the issues' goals): every other sequence near half the maximum
+    (a normal draw, 1% of it as standard deviation), so a few distinct lengths; 16 x 256 -> ~2,180 real tokens of
+    4,096 and ~30% of the attention pairs. ``"even"``: lengths spread evenly over (0, max_len] in random order,
+    many distinct lengths (16 x 256 -> 2,176 real tokens, ~37% of the pairs): the harder case for packing.
+    """
+    if kind == "tutorial":
+        draws = torch.normal(0.5, 0.01, (batch - 1,), generator=generator).tolist()
+        return [max_len, *(min(max_len, max(1, int(max_len * (1 - d)))) for d in draws)]
+    if kind != "even":
+        raise ValueError(f"kind={kind!r}: expected one of {LENGTH_KINDS}")
     lengths = [max(1, round(max_len * (batch - i) / batch)) for i in range(batch)]
     order = torch.randperm(batch - 1, generator=generator).tolist()
     return [lengths[0], *(lengths[1 + i] for i in order)]

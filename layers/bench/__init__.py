@@ -7,10 +7,11 @@ rounds, the ratio ``ours / torch`` (below 1 = ours faster) and its spread over t
 
 Cases (`cases.CASES`; ``--cases`` picks some): a training step (forward, a loss over real tokens, backward) and
 inference (eval, no grad: torch takes its fast paths) of a ``TransformerEncoder`` on a dense and on a padded batch
-(lengths spread evenly up to L, the seed's ~50% padding), with an all-False mask and key padding (the translation
-example), DETR's encoder layer (``need_weights`` left at its default), minGPT's blocks (a float causal mask), a
-padded ``TransformerDecoder`` and ``Transformer``. ``--busy`` repeats the padded and dense cases while another torch
-job multiplies matrices on the same cores (`busy.busy_machine`). ``--compile`` adds ``torch.compile``d rows.
+(~50% padding: by default the SDPA tutorial's lengths, most near L/2 and one at L; ``--lengths even`` spreads them
+evenly), with an all-False mask and key padding (the translation example), DETR's encoder layer (``need_weights``
+left at its default), minGPT's blocks (a float causal mask), a padded ``TransformerDecoder`` and ``Transformer``.
+``--busy`` repeats the padded and dense cases while another torch job multiplies matrices on the same cores
+(`busy.busy_machine`). ``--compile`` adds ``torch.compile``d rows.
 
 ``--decode`` times generation with and without key/value caches instead (`decode`).
 
@@ -31,6 +32,7 @@ import warnings
 import torch
 from tqdm import tqdm
 
+from kernels.bench.common import LENGTH_KINDS
 from kernels.bench.timing import bar_chart, median_seconds
 
 from .busy import busy_machine
@@ -106,7 +108,8 @@ def title(args: argparse.Namespace) -> str:
     return (
         f"torch.nn vs fusedlayers on {args.device}, {precision}, {torch.get_num_threads()} threads: {args.num_layers} "
         f"layers, d_model {args.d_model}, nhead {args.nhead}, feed-forward {args.dim_feedforward}, dropout "
-        f"{args.dropout}, batch {args.batch}, length {args.seq_len}; medians of {args.rounds} interleaved rounds"
+        f"{args.dropout}, batch {args.batch}, length {args.seq_len} ({args.lengths} lengths when padded); medians of "
+        f"{args.rounds} interleaved rounds"
     )
 
 
@@ -131,6 +134,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument(
+        "--lengths", default="tutorial", choices=LENGTH_KINDS,
+        help="padded batches: the SDPA tutorial's lengths (most near half, one full; the issues' goals) or evenly "
+        "spread ones (many distinct lengths)",
+    )  # fmt: skip
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--nhead", type=int, default=8)
     parser.add_argument("--dim-feedforward", type=int, default=1024)

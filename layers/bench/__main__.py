@@ -1,3 +1,6 @@
+"""``python -m layers.bench``: see `layers.bench`."""
+
 from . import main
 
-main()
+if __name__ == "__main__":  # not when a test collector imports it
+    main()

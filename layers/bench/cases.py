@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from kernels.bench import padded_lengths
+from kernels.bench.common import padded_lengths
 
 from ..convert import convert
 
@@ -25,6 +25,7 @@ class Case:
     what: str  # one line for the table
     theirs: Callable[[], None]  # one timed call of the torch.nn model
     ours: Callable[[], None]  # the same call of the converted model
+    models: tuple[nn.Module, nn.Module] | None = None  # (torch.nn's, ours), for inspection
 
 
 class DetrEncoderLayer(nn.Module):
@@ -86,12 +87,15 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
     N, L, E = args.batch, args.seq_len, args.d_model
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(N, L, E, generator=gen).to(device, dtype)  # (N, L, E)
-    lengths = torch.tensor(padded_lengths(N, L, gen), device=device)
+    lengths = torch.tensor(padded_lengths(N, L, gen, args.lengths), device=device)
     pad = torch.arange(L, device=device)[None, :] >= lengths[:, None]  # (N, L), True = padding
     keep = (~pad)[..., None].to(dtype)  # (N, L, 1): the loss reads real tokens only
     T = max(2, L // 2)
     tgt = torch.randn(N, T, E, generator=gen).to(device, dtype)
-    tgt_pad = torch.arange(T, device=device)[None, :] >= torch.tensor(padded_lengths(N, T, gen), device=device)[:, None]
+    tgt_pad = (
+        torch.arange(T, device=device)[None, :]
+        >= torch.tensor(padded_lengths(N, T, gen, args.lengths), device=device)[:, None]
+    )
     tgt_keep = (~tgt_pad)[..., None].to(dtype)
     causal = nn.Transformer.generate_square_subsequent_mask(T, device=device, dtype=dtype)
     no_op = torch.zeros(L, L, dtype=torch.bool, device=device)  # translation model: an all-False src_mask
@@ -189,7 +193,8 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
         make, forward, loss_keep, what = table[which]
         theirs, ours = make()
         train = step == "train"
-        cases.append(Case(name, what, _step(theirs, forward, loss_keep, train), _step(ours, forward, loss_keep, train)))
+        theirs_step, ours_step = _step(theirs, forward, loss_keep, train), _step(ours, forward, loss_keep, train)
+        cases.append(Case(name, what, theirs_step, ours_step, (theirs, ours)))
     return cases
 
 

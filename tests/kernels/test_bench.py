@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -69,3 +70,12 @@ def test_kernel_sweep_runs_what_it_can(tmp_path, capsys):
     data = json.loads((tmp_path / "kernels_sweep.json").read_text())
     assert len(data["points"]) == len(points)
     assert (tmp_path / "kernels_sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_padded_lengths_of_the_tutorial():
+    """Most sequences near half length, one at full length: ~50% padding, few distinct lengths."""
+    lengths = bench.padded_lengths(16, 256, torch.Generator().manual_seed(0), "tutorial")
+    assert lengths[0] == 256 and all(118 <= n <= 138 for n in lengths[1:])
+    assert 0.48 <= sum(lengths) / (16 * 256) <= 0.56
+    with pytest.raises(ValueError, match="kind='odd'"):
+        bench.padded_lengths(4, 8, torch.Generator(), "odd")

@@ -151,7 +151,7 @@ CASES = {
         (jagged([3, 4]),) * 3,
         {"attn_mask": torch.ones(4, 4, dtype=torch.bool)},
         ValueError,
-        "attn_mask is not supported with nested inputs; use is_causal=True",
+        "attn_mask: a mask tensor is not supported with nested inputs; use is_causal=True",
     ),
     "nested batch differs": (
         (jagged([3, 4]), jagged([3, 4, 5]), jagged([3, 4, 5])),

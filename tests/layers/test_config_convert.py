@@ -197,11 +197,16 @@ def test_packing_round_trip_and_errors():
     ids=lambda c: c.__name__,
 )
 def test_signatures_are_torchs(ours, theirs):
-    """Constructor and forward: the same parameter names, order, kinds and defaults as torch.nn."""
+    """Constructor and forward: torch.nn's parameter names, order, kinds and defaults, so every call written for torch
+    binds the same way. The only additions allowed come after torch's, keyword-only and defaulting to None (off):
+    ``kv_cache`` on the forwards of the layers that decode (docs/decoding.md)."""
     import inspect
 
     for method in ("__init__", "forward"):
-        a = inspect.signature(getattr(ours, method)).parameters
-        b = inspect.signature(getattr(theirs, method)).parameters
-        assert [(p.name, p.kind, p.default) for p in a.values()] == [(p.name, p.kind, p.default) for p in b.values()]
+        a = list(inspect.signature(getattr(ours, method)).parameters.values())
+        b = list(inspect.signature(getattr(theirs, method)).parameters.values())
+        assert [(p.name, p.kind, p.default) for p in a[: len(b)]] == [(p.name, p.kind, p.default) for p in b]
+        extra = [(p.name, p.kind, p.default) for p in a[len(b) :]]
+        assert all(kind is inspect.Parameter.KEYWORD_ONLY and default is None for _, kind, default in extra), extra
+        assert [name for name, _, _ in extra] in ([], ["kv_cache"]), extra
     assert issubclass(ours, theirs)
