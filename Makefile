@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --quiet --site-dir .site
+	$(BIN)/mkdocs build --strict --site-dir .site  # not --quiet: with it, strict mode counts no warnings
 
 compile-check-triton36: $(STAMP36)
 	PYTHONPATH=. TRITON_DEFAULT_FP_FUSION=1 $(VENV36)/bin/python -m kernels.compile_check

@@ -77,7 +77,8 @@ def sliding_window(
     """A sliding-window mask for `kernels.scaled_dot_product_attention` and `kernels.varlen_attention`.
 
     Args:
-        L, S: query and key lengths (``None``: any length, e.g. for variable-length batches, per sequence).
+        L: query length (``None``: any length, e.g. for variable-length batches, per sequence).
+        S: key length (``None``: any length).
         left: keys before the diagonal a query may see (``None``: all of them). A window of ``w`` keys ending at
             the query itself is ``left = w - 1``.
         right: keys after the diagonal (``0``: causal; ``None``: all of them).

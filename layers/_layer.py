@@ -165,10 +165,12 @@ class FeedForwardLayer(TorchScriptable, ConfigMixin):
         return layer_config(self)
 
     def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
-        """torch's feed-forward block, with ReLU in place: it overwrites the first linear's output, which no
-        backward needs (addmm keeps its inputs), and saves an allocation of ``(T, dim_feedforward)``."""
+        """torch's feed-forward block, with ReLU in place when no gradient is recorded: it overwrites the first
+        linear's output and saves an allocation of ``(T, dim_feedforward)``. Not in training: that output is a view
+        (linear on a 3-D input), and an in-place op on a view costs three copies of it in backward (measured)."""
         h = self.linear1(x)
-        h = torch.relu_(h) if self.activation is F.relu and not h.is_nested else self.activation(h)
+        in_place = self.activation is F.relu and not h.is_nested and not h.requires_grad
+        h = torch.relu_(h) if in_place else self.activation(h)
         return getattr(self, self._ff_dropout)(self.linear2(self.dropout(h)))
 
     def _residual(self, x: torch.Tensor, block: Callable[[torch.Tensor], torch.Tensor], norm: nn.Module):

@@ -39,7 +39,8 @@ class CausalSelfAttention(TorchScriptable, ConfigMixin, nn.Module):
         bias: biases in the projections (the tutorial's default: False).
         is_causal: top-left causal attention, in training **and** evaluation (the tutorial's default: False).
         dropout: on the attention weights and on the output (``resid_dropout``), in training only.
-        device, dtype: of the parameters.
+        device: of the parameters.
+        dtype: of the parameters.
 
     Input ``(N, L, E)`` dense, or ``(N, j, E)`` nested of either layout -> the same shape and layout.
 

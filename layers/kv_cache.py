@@ -38,8 +38,10 @@ class KVCache:
     Args:
         batch_size: sequences decoded together.
         max_len: token slots per sequence (prompt and generated tokens).
-        num_heads, head_dim: of the keys/values (the attention's key/value heads and head dim).
-        dtype, device: of the buffers (default: torch's default dtype, the CPU).
+        num_heads: key/value heads of the attention.
+        head_dim: the attention's head dim.
+        dtype: of the buffers (default: torch's default dtype).
+        device: of the buffers (default: the CPU).
 
     Attributes:
         keys, values: ``(batch_size, max_len, num_heads, head_dim)`` buffers.

@@ -158,8 +158,10 @@ class VarLenClassificationDataModule(pl.LightningDataModule):
     Args:
         num_classes: labels, and marker tokens ``1..num_classes``; the other ids up to ``vocab_size`` are filler.
         vocab_size: token ids ``0..vocab_size - 1`` (0 is never drawn).
-        min_len, max_len: sequence lengths, uniform in ``[min_len, max_len]``.
-        train_size, val_size: sequences per split (fixed seeds: the same data every run).
+        min_len: shortest sequence (lengths are uniform in ``[min_len, max_len]``).
+        max_len: longest sequence.
+        train_size: training sequences (fixed seeds: the same data every run).
+        val_size: validation sequences.
         batch_size: sequences per batch.
     """
 

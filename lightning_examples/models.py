@@ -110,9 +110,13 @@ class CharGPT(pl.LightningModule):
 
     Args:
         block_size: context length (positions).
-        n_layer, n_head, n_embd: depth, heads and width.
+        n_layer: depth (blocks).
+        n_head: attention heads.
+        n_embd: width.
         dropout: in attention, MLP and embeddings.
-        lr, weight_decay, warmup_steps: AdamW with linear warm-up then cosine decay over the run.
+        lr: AdamW's peak learning rate (linear warm-up, then cosine decay over the run).
+        weight_decay: AdamW's.
+        warmup_steps: steps of the linear warm-up.
         compile: compile the backbone with ``torch.compile`` (in ``configure_model``).
         sample_tokens: bytes to generate at the end of ``fit`` (0: none).
         vocab_size: 256 for bytes.
@@ -255,8 +259,13 @@ class SequenceClassifier(pl.LightningModule):
     """Classifies variable-length sequences fed as jagged nested tensors (no padding), with accuracy.
 
     Args:
-        vocab_size, num_classes: as the data module's.
-        d_model, nhead, num_layers, dim_feedforward, dropout: the encoder.
+        vocab_size: as the data module's.
+        num_classes: as the data module's.
+        d_model: the encoder's width.
+        nhead: the encoder's attention heads.
+        num_layers: encoder layers.
+        dim_feedforward: the encoder's feed-forward width.
+        dropout: the encoder's dropout.
         lr: AdamW learning rate.
         compile: compile the backbone with ``torch.compile`` (in ``configure_model``).
     """

@@ -118,7 +118,7 @@ def format_table(rows: list[Row], args: argparse.Namespace) -> str:
     for r in rows:
         spread = f"{r.ratio_min:.2f}..{r.ratio_max:.2f}"
         verdict = f"<= {r.goal:.2f} ({'met' if r.met else 'NOT met'})"
-        lines.append(f"{r.case:<26} {r.torch_ms:>9.2f} {r.ours_ms:>9.2f} {r.ratio:>10.2f} {spread:>12}  {verdict}")
+        lines.append(f"{r.case:<26} {r.torch_ms:>9.2f} {r.ours_ms:>9.2f} {r.ratio:>10.3f} {spread:>12}  {verdict}")
     lines += ["", "cases:"] + [f"  {r.case}: {r.what}" for r in rows if not r.case.startswith(("busy", "compiled"))]
     if any(r.case.startswith("busy") for r in rows):
         lines.append("  busy ...: the same, while another torch job multiplies matrices on the same cores")

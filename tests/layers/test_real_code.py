@@ -413,3 +413,32 @@ def test_dropout_draws_equal_torchs_on_a_dense_batch():
     expected = theirs(x)
     torch.manual_seed(9)
     assert torch.equal(ours(x), expected)
+
+
+def _graph_nodes(t: torch.Tensor) -> set[str]:
+    seen, names, todo = set(), set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo += [n for n, _ in node.next_functions]
+    return names
+
+
+@pytest.mark.parametrize(
+    "ours_cls,cls",
+    [
+        (layers.TransformerEncoderLayer, nn.TransformerEncoderLayer),
+        (layers.TransformerDecoderLayer, nn.TransformerDecoderLayer),
+    ],
+)
+def test_training_graph_has_no_copies_torchs_has_not(ours_cls, cls):
+    """No in-place op on a view in training (autograd would clone and copy the tensor back in backward): the nodes
+    of our training graph are a subset of torch's, on the same call."""
+    ours, theirs = twins(ours_cls, cls, D, H, FF, dropout=0.1, batch_first=True)
+    x = torch.randn(N, S, D, requires_grad=True)
+    args = (x,) if cls is nn.TransformerEncoderLayer else (x, torch.randn(N, T, D))
+    extra = _graph_nodes(ours(*args)) - _graph_nodes(theirs(*args))
+    assert not {"CopySlices", "AsStridedBackward0", "CloneBackward0"} & extra, extra
