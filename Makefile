@@ -34,6 +34,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m kernels.bench
 	$(BIN)/python -m kernels.bench --nested
+	$(BIN)/python -m kernels.bench --window 128
 	$(BIN)/python -m layers.bench
 	$(BIN)/python -m layers.bench --decode
 

@@ -35,7 +35,8 @@ def decode_attention(
     Token ``t`` sees the keys ``j <= lengths[b] - T + t`` (causal, bottom-right aligned). The lengths stay on the
     device (nothing is read on the host, so one compiled step serves every position). ``Backend.TRITON`` runs a
     split-key (flash-decoding) kernel that reads each cached key once for all query heads sharing it; the other
-    backends attend over all ``max_len`` slots with a mask. Inference: no gradients flow through the fused kernel
+    backends attend over all ``max_len`` slots with a mask (on CPU: over the slots in use, without a mask where
+    every sequence has as many). Inference: no gradients flow through the fused kernel
     (the dispatcher picks another backend for inputs that require grad).
 
     Example, run by the test suite:
@@ -69,6 +70,15 @@ def decode_attention(
         if backend is Backend.TRITON:
             return fused.decode_attention(query, key_cache, value_cache, lengths, scale)
         T, max_len = query.size(2), key_cache.size(2)
+        if query.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            # on CPU reading the lengths costs nothing: attend over the slots in use only, and without a mask where
+            # one new token per sequence sees all of them (every sequence as long): torch's fused kernel then
+            # runs unmasked (measured ~2x less time per call at batch 1, half the cache in use)
+            shortest, longest = (int(n) for n in lengths.aminmax())
+            max_len = min(max_len, max(longest, 1))  # one slot at least: an empty cache still gives zeros (masked)
+            key_cache, value_cache = key_cache[:, :, :max_len], value_cache[:, :, :max_len]
+            if T == 1 and 0 < shortest == longest:
+                return DENSE[backend](query, key_cache, value_cache, None, 0.0, False, scale, enable_gqa)
         cols = torch.arange(max_len, device=query.device)
         last = lengths.to(query.device)[:, None, None, None] - T + torch.arange(T, device=query.device)[:, None]
         mask = cols <= last  # (B, 1, T, max_len): True = may attend

@@ -235,7 +235,7 @@ def title(args: argparse.Namespace) -> str:
     return (
         f"SDPA on {args.device}, {args.dtype}, {what}: batch {args.batch}, heads {args.heads}, "
         f"{'max ' if args.nested else ''}length {args.seq_len}, head dim {args.head_dim}, "
-        f"causal={args.causal}, {step}"
+        f"{'' if args.window else f'causal={args.causal}, '}{step}"
     )
 
 

@@ -82,6 +82,22 @@ def test_window_chunks_are_used_and_equal_the_mask(backend):
     assert windowed_attention(torch_sdpa, q[:, :, :40], k[:, :, :40], v[:, :, :40], band, 0.0, None, False) is None
 
 
+@pytest.mark.parametrize("L,S", [(400, 700), (700, 400)])
+@pytest.mark.parametrize("lower_right", [False, True])
+def test_chunked_windows_both_alignments_with_gradients(backend, L, S, lower_right):
+    """Windows long enough to be chunked on TORCH (keys padded on both sides, a last partial chunk, a batch of 2):
+    outputs and every gradient against torch with the mask and float64."""
+    from kernels.dispatch import torch_sdpa
+    from kernels.window import windowed_attention
+
+    if backend is not kernels.Backend.TORCH:
+        pytest.skip("only TORCH computes windows chunk by chunk (the other backends' bands are tested above)")
+    band = sliding_window(L, S, 20, 5, lower_right)
+    q, k, v = (torch.randn(2, 1, n, 8) for n in (L, S, S))
+    assert windowed_attention(torch_sdpa, q, k, v, band, 0.0, None, False) is not None
+    check_band(backend, band, L, S, dim=8)
+
+
 def offsets(lengths):
     return torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0))
 

@@ -48,6 +48,22 @@ def test_empty_cache_gives_zeros(backend):
     assert torch.isfinite(out).all() and (out[0] == 0).all() and (out[1] != 0).any()
 
 
+@pytest.mark.parametrize("length", [0, 1, 29, 50])
+def test_sequences_of_one_length(backend, length):
+    """Every sequence as long (the common batch decode; on CPU the unmasked path over the slots in use), the
+    cache empty, one key, part full, full."""
+    kc, vc = torch.randn(3, 2, 50, 16), torch.randn(3, 2, 50, 16)
+    q = torch.randn(3, 2, 1, 16)
+    skip_if_unavailable(backend, q)
+    with only(backend):
+        out = kernels.decode_attention(q, kc, vc, torch.full((3,), length))
+    if length == 0:
+        assert (out == 0).all()
+        return
+    ref = attention_reference(q.double(), kc[:, :, :length].double(), vc[:, :, :length].double())
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-5)
+
+
 def test_gradients_flow_on_the_mask_path(backend):
     """The fused decode kernel computes no gradients: with inputs that require grad, another backend serves the
     call (the dispatcher says why) and gradients equal attention on the cached keys."""
