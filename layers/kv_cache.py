@@ -210,7 +210,8 @@ def generate(
             caches = new_caches(idx.size(0))
             logits = model(idx[:, start:], caches)[:, -1]
         else:
-            logits = model(idx[:, -1:], caches)[:, -1]
+            # a fresh tensor: the slice's stride grows with idx, and a compiled model would recompile at every step
+            logits = model(idx[:, -1:].clone(memory_format=torch.contiguous_format), caches)[:, -1]
         idx = torch.cat([idx, sample(logits, temperature, top_k)], dim=1)
     return idx
 

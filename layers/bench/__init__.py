@@ -155,6 +155,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     decode.add_argument("--prompt-len", type=int, default=16)
     decode.add_argument("--block-size", type=int, default=512, help="the model's context")
     decode.add_argument("--decode-batches", type=int, nargs="+", default=[1, 8])
+    decode.add_argument(
+        "--decode-compile", action=argparse.BooleanOptionalAction, default=True,
+        help="also time the cached generation with the model under torch.compile(fullgraph=True)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -174,6 +178,8 @@ def main_decode(args: argparse.Namespace) -> list:
     }
     json_path.write_text(json.dumps(payload, indent=2))
     series = {"no cache": [r.without_ms for r in rows], "KVCache": [r.with_ms for r in rows]}
+    if all(r.compiled_ms is not None for r in rows):
+        series["KVCache, compiled step"] = [r.compiled_ms for r in rows]
     plotted = bar_chart(png_path, table.splitlines()[0], [r.case for r in rows], series, "ms per generation")
     print(table)
     print(f"\nwrote {json_path}" + (f" and {png_path}" if plotted else ""))

@@ -65,11 +65,15 @@ class TinyLM(nn.Module):
 class DecodeRow:
     case: str
     without_ms: float  # median per generation, no cache
-    with_ms: float  # median per generation, with caches
+    with_ms: float  # median per generation, with caches (eager)
     speedup: float  # without / with (median of the per-round ratios)
     speedup_min: float
     speedup_max: float
-    tokens_per_s: float  # with caches
+    tokens_per_s: float  # with caches (eager)
+    compiled_ms: float | None = None  # with caches, the model under torch.compile(fullgraph=True)
+    compiled_speedup: float | None = None  # without / compiled (median of the per-round ratios)
+    compiled_speedup_min: float | None = None
+    compiled_speedup_max: float | None = None
     goal: float = 5.0
 
 
@@ -77,25 +81,41 @@ def run(args: argparse.Namespace) -> tuple[list[DecodeRow], dict]:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
     model = TinyLM(256, args.block_size, args.num_layers, args.nhead, args.d_model).to(device, dtype).eval()
+    # one compiled graph for the prompt and one for every later step: the cache's lengths are data, not constants
+    compiled = torch.compile(model, fullgraph=True, dynamic=False) if args.decode_compile else None
     rows = []
     for batch in args.decode_batches:
         prompt = torch.randint(0, 256, (batch, args.prompt_len), device=device)
 
-        def gen(use_cache: bool, prompt=prompt) -> torch.Tensor:
-            return generate(model, model.new_caches, prompt, args.new_tokens, args.block_size, 0.0, None, use_cache)
+        def gen(use_cache: bool, m: nn.Module = model, prompt=prompt) -> torch.Tensor:
+            return generate(m, model.new_caches, prompt, args.new_tokens, args.block_size, 0.0, None, use_cache)
 
-        if not torch.equal(gen(True), gen(False)):
+        reference = gen(False)
+        if not torch.equal(gen(True), reference):
             raise AssertionError("cached and uncached greedy generation differ")
-        ratios, cached, uncached = [], [], []
+        if compiled is not None and not torch.equal(gen(True, compiled), reference):  # also compiles (not timed)
+            raise AssertionError("compiled cached and uncached greedy generation differ")
+        times: dict[str, list[float]] = {"without": [], "with": [], "compiled": []}
         for _ in tqdm(range(args.rounds), desc=f"decode batch {batch}", unit="round", file=sys.stderr):
-            uncached.append(median_seconds(lambda g=gen: g(False), args.min_run_time))
-            cached.append(median_seconds(lambda g=gen: g(True), args.min_run_time))
-            ratios.append(uncached[-1] / cached[-1])
-        rows.append(DecodeRow(
-            f"batch {batch}, {args.new_tokens} new tokens", statistics.median(uncached) * 1e3,
-            statistics.median(cached) * 1e3, statistics.median(ratios), min(ratios), max(ratios),
-            batch * args.new_tokens / statistics.median(cached),
-        ))  # fmt: skip
+            times["without"].append(median_seconds(lambda g=gen: g(False), args.min_run_time))
+            times["with"].append(median_seconds(lambda g=gen: g(True), args.min_run_time))
+            if compiled is not None:
+                times["compiled"].append(median_seconds(lambda g=gen: g(True, compiled), args.min_run_time))
+        ratios = [a / b for a, b in zip(times["without"], times["with"], strict=True)]
+        row = DecodeRow(
+            f"batch {batch}, {args.new_tokens} new tokens", statistics.median(times["without"]) * 1e3,
+            statistics.median(times["with"]) * 1e3, statistics.median(ratios), min(ratios), max(ratios),
+            batch * args.new_tokens / statistics.median(times["with"]),
+        )  # fmt: skip
+        if compiled is not None:
+            ratios = [a / b for a, b in zip(times["without"], times["compiled"], strict=True)]
+            row.compiled_ms = statistics.median(times["compiled"]) * 1e3
+            row.compiled_speedup, row.compiled_speedup_min, row.compiled_speedup_max = (
+                statistics.median(ratios),
+                min(ratios),
+                max(ratios),
+            )
+        rows.append(row)
     return rows, kernel_bandwidth(device) if device.type == "cuda" else {}
 
 
@@ -121,12 +141,23 @@ def format_table(rows: list[DecodeRow], kernel: dict, args: argparse.Namespace) 
         f"Greedy generation on {args.device}, {args.dtype}: {args.num_layers} layers, d_model {args.d_model}, "
         f"{args.nhead} heads, context {args.block_size}, prompt {args.prompt_len}; medians of {args.rounds} rounds",
         "",
-        f"{'case':<28} {'no cache ms':>12} {'cache ms':>10} {'speed-up':>9} {'spread':>12} {'tokens/s':>9}  goal",
+        f"{'case':<28} {'cache':<9} {'no cache ms':>12} {'cache ms':>10} {'speed-up':>9} {'spread':>12} "
+        f"{'tokens/s':>9}  goal",
     ]
+
+    def line(r: DecodeRow, what: str, ms: float, speedup: float, lo: float, hi: float) -> str:
+        tokens_per_s = r.tokens_per_s * r.with_ms / ms  # the same tokens in another time
+        verdict = f">= {r.goal:.0f}x ({'met' if speedup >= r.goal else 'NOT met'})"
+        return (f"{r.case:<28} {what:<9} {r.without_ms:>12.1f} {ms:>10.1f} {speedup:>8.1f}x {lo:>5.1f}..{hi:<5.1f} "
+                f"{tokens_per_s:>9.0f}  {verdict}")  # fmt: skip
+
     for r in rows:
-        verdict = f">= {r.goal:.0f}x ({'met' if r.speedup >= r.goal else 'NOT met'})"
-        lines.append(f"{r.case:<28} {r.without_ms:>12.1f} {r.with_ms:>10.1f} {r.speedup:>8.1f}x "
-                     f"{r.speedup_min:>5.1f}..{r.speedup_max:<5.1f} {r.tokens_per_s:>9.0f}  {verdict}")  # fmt: skip
+        lines.append(line(r, "eager", r.with_ms, r.speedup, r.speedup_min, r.speedup_max))
+        if r.compiled_ms is not None:
+            lines.append(line(r, "compiled", r.compiled_ms, r.compiled_speedup, r.compiled_speedup_min,
+                              r.compiled_speedup_max))  # fmt: skip
+    lines += ["", "eager: the model called step by step; compiled: the same model under torch.compile(fullgraph=True) "
+              "(two graphs: the prompt, and every later step; compile time not timed). No cache: eager."]  # fmt: skip
     if kernel:
         lines += ["", f"decode kernel ({kernel['shape']}): {kernel['decode_GBps']:.0f} GB/s of keys/values read; "
                       f"copy rate {kernel['copy_GBps']:.0f} GB/s"]  # fmt: skip

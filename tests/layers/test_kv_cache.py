@@ -105,6 +105,25 @@ def test_one_compiled_step_serves_every_position(attn):
     assert counters["stats"]["unique_graphs"] == 1
 
 
+def test_generate_with_a_compiled_model_compiles_two_graphs():
+    """generate() hands the model its steps as fresh (B, 1) tensors: a compiled model compiles the prompt and one
+    step, not one graph per position (a slice of the growing ids has a new stride every step)."""
+    from torch._dynamo.utils import counters
+
+    from layers.bench.decode import TinyLM
+    from layers.kv_cache import generate
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    model = TinyLM(32, 24, 1, 2, 16).eval()
+    compiled = torch.compile(model, fullgraph=True, dynamic=False, backend="eager")
+    prompt = torch.randint(0, 32, (2, 3))
+    out = generate(compiled, model.new_caches, prompt, 8, 24, 0.0, None, True)
+    assert torch.equal(out, generate(model, model.new_caches, prompt, 8, 24, 0.0, None, False))
+    assert counters["stats"]["unique_graphs"] == 2
+
+
 def test_cache_errors(attn):
     cache = layers.KVCache(2, 4, H, E // H)
     attn(torch.randn(2, 3, E), kv_cache=cache)

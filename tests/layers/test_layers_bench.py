@@ -42,7 +42,8 @@ def test_cases_time_the_same_weights_and_run(name):
 
 
 def test_decode_bench_checks_cached_equals_uncached(tmp_path, capsys):
-    argv = "--decode --new-tokens 6 --prompt-len 3 --block-size 16 --decode-batches 2 --rounds 1".split()
+    argv = "--decode --new-tokens 6 --prompt-len 3 --block-size 16 --decode-batches 2 --rounds 1 --no-decode-compile"
+    argv = argv.split()
     rows = bench.main([*TINY, *argv, "--min-run-time", "0.001", "--out-dir", str(tmp_path)])
     assert len(rows) == 1 and rows[0].with_ms > 0 and rows[0].without_ms > 0
     assert "speed-up" in capsys.readouterr().out
