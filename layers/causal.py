@@ -69,8 +69,8 @@ class CausalSelfAttention(TorchScriptable, ConfigMixin, nn.Module):
         *,
         n_head: int | None = None,
         n_embd: int | None = None,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         num_heads = _one_of("num_heads", num_heads, "n_head", n_head)
         embed_dimension = _one_of("embed_dimension", embed_dimension, "n_embd", n_embd)

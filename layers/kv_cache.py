@@ -49,7 +49,15 @@ class KVCache:
         memory: the cross-attention keys and values of a decoder layer's memory, once computed (else None).
     """
 
-    def __init__(self, batch_size: int, max_len: int, num_heads: int, head_dim: int, dtype=None, device=None):
+    def __init__(
+        self,
+        batch_size: int,
+        max_len: int,
+        num_heads: int,
+        head_dim: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ):
         for name, value in (("batch_size", batch_size), ("max_len", max_len), ("num_heads", num_heads),
                             ("head_dim", head_dim)):  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
