@@ -175,9 +175,9 @@ def steps(out: pathlib.Path) -> list[Step]:
     varlen_gpu = "--batch 64 --seq-len 1024 --heads 16 --head-dim 128 --min-run-time 0.3"
     varlen_cpu = "--device cpu --batch 4 --seq-len 32 --heads 2 --head-dim 8 --min-run-time 0.01"
     decode = [py, "-m", "layers.bench", "--decode", "--out-dir", str(out / "decode")]
-    decode_gpu = "--dtype float16 --decode-batches 8 --new-tokens 64 --rounds 2 --min-run-time 0.2"
+    decode_gpu = "--dtype float16 --decode-batches 8 --new-tokens 64 --rounds 2 --min-run-time 0.2 --no-decode-compile"
     decode_cpu = "--device cpu --decode-batches 2 --new-tokens 4 --block-size 32 --d-model 32 --nhead 2 --rounds 1"
-    decode_cpu += " --min-run-time 0.01"
+    decode_cpu += " --min-run-time 0.01 --no-decode-compile"  # compiling would take the step's whole budget
     gpt = [py, "-m", "lightning_examples.short_run", "--out-dir", str(out / "gpt")]
     gpt_cpu = "--device cpu --steps 4 --block-size 32 --batch-size 4 --n-layer 1 --n-embd 48 --max-bytes 50000"
     layer_steps = []

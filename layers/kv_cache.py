@@ -107,8 +107,18 @@ class KVCache:
         self._check(k, H, D)
         if self.batch_size != B:
             raise ArgumentError(f"the cache holds {self.batch_size} sequences but {B} were given")
-        self._check_room(T)
         before = self.lengths.clone()
+        if self.keys.device.type == "cpu" and not torch.compiler.is_compiling():
+            # on CPU the lengths are read for the room check anyway; every sequence as long (the usual decoding
+            # step): one slice copy instead of index arithmetic and a scatter
+            shortest, longest = (int(n) for n in self.lengths.aminmax())
+            self._check_room(T, longest)
+            if shortest == longest:
+                self.keys[:, longest : longest + T] = k
+                self.values[:, longest : longest + T] = v
+                self.lengths += T
+                self.started = True
+                return before
         rows = torch.arange(B, device=k.device)[:, None].expand(B, T)
         slots = before[:, None] + torch.arange(T, device=k.device)  # (B, T)
         self.keys.index_put_((rows, slots), k)
@@ -135,10 +145,13 @@ class KVCache:
         self.started = self.ragged = True
         return before
 
-    def _check_room(self, added) -> None:
+    def _check_room(self, added, longest: int | None = None) -> None:
         if self.keys.device.type != "cpu" or torch.compiler.is_compiling():
             return  # reading the lengths would synchronise; past max_len the index_put fails by itself
-        if bool((self.lengths + added > self.max_len).any()):
+        full = (
+            longest + added > self.max_len if longest is not None else bool((self.lengths + added > self.max_len).any())
+        )
+        if full:
             raise ArgumentError(
                 f"the cache is full: max_len={self.max_len}, in use {self.lengths.tolist()}; build a larger KVCache, "
                 "or reset() it and feed the context again"
