@@ -138,7 +138,7 @@ def on_free_threads(run: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> 
     """
     if inputs[0].device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return run(*inputs)
-    if _Limit.active and torch._C._current_graph_task_id() == -1:  # left set by a backward that raised
+    if _Limit.active and _outside_backward():  # left set by a backward that raised
         for limit in list(_Limit.active):
             limit.lift()
     n = free_threads()
@@ -152,3 +152,9 @@ def on_free_threads(run: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> 
     with threads(n):
         out = run(*inputs)
     return _AtOutput.apply(limit, out)
+
+
+def _outside_backward() -> bool:
+    """Whether no backward is running on this thread (True where torch cannot say)."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is None or task_id() == -1
