@@ -237,11 +237,9 @@ def kept(v: Variant) -> list[tuple[int, int, int, int]]:
         return [(0, 0, 4, 1)]
     import torch
 
-    extra = v.varlen or v.window or (v.kernel == "bwd_dkdv" and v.gqa)
-    return kept_tiles(
-        KERNEL_NAMES[v.kernel], v.arch, v.path == "tma", block_dim(v.head_dim),
-        kind_of(getattr(torch, v.dtype), v.mask, v.dropout, extra),
-    )  # fmt: skip
+    kernel = KERNEL_NAMES[v.kernel]
+    kind = kind_of(kernel, getattr(torch, v.dtype), v.mask, v.dropout, v.varlen, v.window, v.gqa)
+    return kept_tiles(kernel, v.arch, v.path == "tma", block_dim(v.head_dim), kind)
 
 
 # The covering set: each change from the main variant (fp16, d=128, no mask, dense, aligned) turns on several

@@ -59,9 +59,13 @@ def block_dim(dim: int) -> int:
     return max(16, triton.next_power_of_2(dim))
 
 
-def kind_of(dtype: torch.dtype | None, mask_kind: int, dropout: bool, extra: bool = False) -> str:
-    """The SPILL_FREE kind of a variant; ``extra``: variable length, a window's left edge, or grouped heads in dK/dV."""
-    tile = bool(mask_kind or dropout or extra)
+def kind_of(
+    kernel: str, dtype: torch.dtype | None, mask_kind: int, dropout: bool,
+    varlen: bool = False, left_edge: bool = False, grouped: bool = False,
+) -> str:  # fmt: skip
+    """The SPILL_FREE kind of a launch: "tile" when more state is live than the plain loop's (a mask or dropout
+    tile, variable length, a window's left edge, or grouped query heads in dK/dV, which accumulates them all)."""
+    tile = bool(mask_kind or dropout or varlen or left_edge or (grouped and kernel == "attn_bwd_dkdv"))
     if dtype == torch.float32:
         return "fp32-tile" if tile else "fp32"
     return "tile" if tile else "plain"
@@ -125,11 +129,16 @@ def prune_for(kernel: str):
         q = args["Q"]
         major, minor = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (9, 0)
         block_d = max(args["BLOCK_D"], args["BLOCK_DV"])
-        extra = args["VARLEN"] or args["HAS_LEFT"] or (kernel == "attn_bwd_dkdv" and args["GROUP"] != 1)
-        allowed = kept_tiles(
-            kernel, 10 * major + minor, bool(args["USE_TMA"]), block_d,
-            kind_of(q.dtype, args["MASK_KIND"], args["HAS_DROPOUT"], extra),
-        )  # fmt: skip
+        kind = kind_of(
+            kernel,
+            q.dtype,
+            args["MASK_KIND"],
+            args["HAS_DROPOUT"],
+            args["VARLEN"],
+            args["HAS_LEFT"],
+            args["GROUP"] != 1,
+        )
+        allowed = kept_tiles(kernel, 10 * major + minor, bool(args["USE_TMA"]), block_d, kind)
         return [c for c in candidates if _tile(c) in allowed] or candidates[-1:]
 
     return prune

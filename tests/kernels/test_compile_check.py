@@ -135,3 +135,32 @@ def test_tile_table_follows_the_installed_triton():
         assert all(set(kept) <= set(tiles.CONFIGS[k]) for k, rows in table.items() for kept in rows.values())
         assert table.keys() == spill_free.TRITON_39.keys()
         assert all(table[k].keys() == spill_free.TRITON_39[k].keys() for k in table)
+
+
+@pytest.mark.parametrize(
+    "kernel,features,kind",
+    [
+        ("attn_fwd", {}, "plain"),
+        ("attn_fwd", {"GROUP": 2}, "plain"),  # grouped heads add live state to dK/dV only
+        ("attn_bwd_dkdv", {"GROUP": 2}, "tile"),
+        ("attn_bwd_dq", {"VARLEN": True}, "tile"),
+        ("attn_fwd", {"HAS_LEFT": True}, "tile"),
+        ("attn_bwd_dq", {"MASK_KIND": 2}, "tile"),
+    ],
+)
+def test_autotuner_prune_keeps_the_tiles_of_the_launchs_kind(monkeypatch, kernel, features, kind):
+    """The run-time prune and the compile check read one rule (`tiles.kind_of`): the prune keeps exactly the table's
+    row for the launch's kind (sm_90 assumed for a CPU tensor)."""
+    import torch
+
+    from kernels.triton import tiles
+
+    monkeypatch.setattr(tiles, "INTERPRET", False)
+    candidates = [tiles.triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+                  for m, n, w, s in tiles.CONFIGS[kernel]]  # fmt: skip
+    args = {"Q": torch.empty(1, dtype=torch.float16), "BLOCK_D": 128, "BLOCK_DV": 128, "MASK_KIND": 0,
+            "HAS_DROPOUT": False, "VARLEN": False, "HAS_LEFT": False, "GROUP": 1, "USE_TMA": True}  # fmt: skip
+    kept = [tiles._tile(c) for c in tiles.prune_for(kernel)(candidates, {**args, **features})]
+    rows = {k: tiles.SPILL_FREE[kernel][(90, "tma", 128, k)] for k in ("plain", "tile")}
+    assert rows["plain"] != rows["tile"]  # the kinds are told apart by the tiles kept
+    assert kept == rows[kind]

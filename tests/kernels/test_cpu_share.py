@@ -36,9 +36,28 @@ def test_free_threads_leaves_the_busy_cores(monkeypatch, two_threads):
     assert _cpu_share.free_threads() == 1
 
 
-def test_others_cores_reads_the_machine():
-    first = _cpu_share.others_cores()
-    assert 0.0 <= first <= (os.cpu_count() or 1) + 1  # steal time can push it a little over the core count
+def test_others_cores_from_two_samples(monkeypatch):
+    """What other processes used between two samples: busy time less this process's, in cores; samples closer than
+    `INTERVAL_S` reuse the last figure."""
+    cpus = os.cpu_count()
+    samples = iter([(0.0, 1000, 400, 100), (1.0, 2000, 1300, 300), (1.1, 2100, 1400, 300)])
+    monkeypatch.setattr(_cpu_share, "_sample", lambda: next(samples))
+    monkeypatch.setattr(_cpu_share, "_last", None)
+    monkeypatch.setattr(_cpu_share, "_others_cores", 0.0)
+    monkeypatch.setattr(_cpu_share.time, "monotonic", lambda: 0.0)
+    assert _cpu_share.others_cores() == 0.0  # one sample: nothing to compare yet
+    monkeypatch.setattr(_cpu_share.time, "monotonic", lambda: 1.0)
+    assert _cpu_share.others_cores() == pytest.approx((900 - 200) / 1000 * cpus)
+    monkeypatch.setattr(_cpu_share.time, "monotonic", lambda: 1.1)  # within INTERVAL_S: no new sample read
+    assert _cpu_share.others_cores() == pytest.approx(0.7 * cpus) and next(samples)[0] == 1.1
+
+
+def test_sample_reads_proc():
+    sample = _cpu_share._sample()
+    if sample is None:
+        pytest.skip("no /proc/stat here (not Linux): the packed path then keeps torch's thread count")
+    _, total, busy, own = sample
+    assert 0 <= busy <= total and own >= 0
 
 
 def test_forward_and_backward_run_on_the_free_threads(monkeypatch, two_threads):
@@ -64,7 +83,8 @@ def test_forward_and_backward_run_on_the_free_threads(monkeypatch, two_threads):
 
 def test_no_grad_inputs_and_a_quiet_machine_take_the_plain_call(monkeypatch, two_threads):
     _others(monkeypatch, 0.0)
-    assert _cpu_share.on_free_threads(lambda t: t.grad_fn, torch.ones(2, requires_grad=True) * 2) is not None
+    x = torch.ones(2, requires_grad=True) * 2
+    assert _cpu_share.on_free_threads(lambda t: t, x) is x  # no autograd node, no thread change: the call as it is
     _others(monkeypatch, os.cpu_count() - 1.0)
     seen = []
     _cpu_share.on_free_threads(lambda t: seen.append(torch.get_num_threads()) or t, torch.ones(2))

@@ -51,7 +51,7 @@ def _kept(kernel: str, head_dim: int, dtype: torch.dtype) -> list[tuple[int, int
     from kernels.triton import tiles
 
     major, minor = torch.cuda.get_device_capability()
-    kind = tiles.kind_of(dtype, 0, False)
+    kind = tiles.kind_of(kernel, dtype, 0, False)
     return tiles.kept_tiles(kernel, 10 * major + minor, major >= 9, tiles.block_dim(head_dim), kind)
 
 
