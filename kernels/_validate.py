@@ -146,6 +146,9 @@ def _check_cu_seqlens(offsets: object, name: str, tokens: torch.Tensor) -> list[
 
 
 def _check_scalars(dropout_p: object, is_causal: object, scale: object, enable_gqa: object) -> None:
+    usual = type(dropout_p) is float and 0.0 <= dropout_p < 1.0 and type(is_causal) is bool and type(enable_gqa) is bool
+    if usual and (scale is None or (type(scale) is float and math.isfinite(scale))):
+        return  # the usual call, checked without the abstract-class lookups below (a decoding step is ~1 ms)
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
         raise TypeError(f"dropout_p must be a float in [0, 1), got {type(dropout_p).__name__} {dropout_p!r}")
     if not 0.0 <= float(dropout_p) < 1.0:
@@ -180,6 +183,9 @@ def _check_dtypes_and_devices(query: torch.Tensor, key: torch.Tensor, value: tor
 
 
 def _check_dense_shapes(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> None:
+    q, k, v = query.shape, key.shape, value.shape
+    if len(q) >= 2 and len(k) == len(q) == len(v) and q[-1] == k[-1] and k[:-1] == v[:-1] and q[:-3] == k[:-3]:
+        return  # every check below holds: the usual call, in a few comparisons (a decoding step is ~1 ms)
     for name, t in zip(_NAMES, (query, key, value), strict=True):
         if t.dim() < 2:
             raise ValueError(

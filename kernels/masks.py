@@ -108,6 +108,8 @@ def sliding_window(
 def band_of(attn_mask: object) -> Band | None:
     """The band of a `Band` or of torch's ``CausalBias`` (``causal_upper_left``/``causal_lower_right``); None for
     anything else."""
+    if attn_mask is None or type(attn_mask) is torch.Tensor:  # the common calls (CausalBias subclasses Tensor)
+        return None
     if isinstance(attn_mask, Band):
         return attn_mask
     try:

@@ -144,9 +144,10 @@ class CausalSelfAttention(TorchScriptable, ConfigMixin, nn.Module):
             return like(wrap(self.resid_dropout(self.c_proj(y.flatten(-2))), jagged.offsets()), x)
         if x.dim() != 3 or x.size(-1) != self.embed_dimension:
             raise ArgumentError(f"expected new tokens (N, T, {self.embed_dimension}), got shape {tuple(x.shape)}")
-        q, k, v = (t.unflatten(-1, (self.num_heads, -1)) for t in self.c_attn(x).chunk(3, dim=-1))  # (N, T, H, D)
-        y = cached_attention(q, k, v, cache)
-        return self.resid_dropout(self.c_proj(y.flatten(-2)))
+        q, k, v = self.c_attn(x).unflatten(-1, (3, self.num_heads, -1)).unbind(2)  # (N, T, H, D) each
+        # no resid_dropout: caches are for inference (checked above), where it is the identity; a decoding step is
+        # a few dozen small operations, each skipped one is a measurable share of it
+        return self.c_proj(cached_attention(q, k, v, cache).flatten(-2))
 
 
 def _one_of(name: str, value: int | None, alias: str, alias_value: int | None) -> int:

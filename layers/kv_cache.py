@@ -67,6 +67,7 @@ class KVCache:
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.memory: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._on_cpu = self.keys.device.type == "cpu"  # where reading the lengths costs no synchronisation
         self.started = False  # whether tokens were added (host-side: no read of the lengths)
         self.ragged = False  # whether sequences may hold different numbers of tokens (a nested prompt was added)
 
@@ -108,10 +109,12 @@ class KVCache:
         if self.batch_size != B:
             raise ArgumentError(f"the cache holds {self.batch_size} sequences but {B} were given")
         before = self.lengths.clone()
-        if self.keys.device.type == "cpu" and not torch.compiler.is_compiling():
-            # on CPU the lengths are read for the room check anyway; every sequence as long (the usual decoding
-            # step): one slice copy instead of index arithmetic and a scatter
-            shortest, longest = (int(n) for n in self.lengths.aminmax())
+        if self._on_cpu and not torch.compiler.is_compiling():
+            # on CPU the lengths are read for the room check anyway (one operation: a decoding step is a few dozen
+            # small ones, each a measurable share); every sequence as long (the usual decoding step): one slice copy
+            # instead of index arithmetic and a scatter
+            in_use = self.lengths.tolist()
+            shortest, longest = min(in_use), max(in_use)
             self._check_room(T, longest)
             if shortest == longest:
                 self.keys[:, longest : longest + T] = k
@@ -146,7 +149,7 @@ class KVCache:
         return before
 
     def _check_room(self, added, longest: int | None = None) -> None:
-        if self.keys.device.type != "cpu" or torch.compiler.is_compiling():
+        if not self._on_cpu or torch.compiler.is_compiling():
             return  # reading the lengths would synchronise; past max_len the index_put fails by itself
         full = (
             longest + added > self.max_len if longest is not None else bool((self.lengths + added > self.max_len).any())

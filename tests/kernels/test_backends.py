@@ -169,3 +169,18 @@ def test_profiler_names_the_attention_and_its_backend():
             kernels.scaled_dot_product_attention(x, x, x)
     names = {event.key for event in prof.key_averages()}
     assert {"fusedlayers::attention[TORCH]", "fusedlayers::nested_attention[MATH]"} <= names
+
+
+def test_no_profiler_range_is_opened_while_no_profiler_records(monkeypatch):
+    """Opening a range costs two dispatcher calls (tens of microseconds on CPU, a share of a decoding step), so it is
+    skipped without a profiler; under one, every call still gets its range (the test above)."""
+    opened = []
+    real = torch.profiler.record_function
+    monkeypatch.setattr(torch.profiler, "record_function", lambda name: opened.append(name) or real(name))
+    q, k, v = qkv()
+    kernels.scaled_dot_product_attention(q, k, v)
+    kernels.decode_attention(q, k, v, torch.full((q.size(0),), k.size(-2)))
+    assert opened == []
+    with torch.profiler.profile():
+        kernels.decode_attention(q, k, v, torch.full((q.size(0),), k.size(-2)))
+    assert opened == ["fusedlayers::decode_attention[TORCH]"]
