@@ -60,33 +60,42 @@ def _dkdv_block(
     qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p,
     MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, USE_TMA: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PART: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
-    """One query block's contribution to this key block's dK and dV, in transposed tiles (keys x queries)."""
+    """One query block's contribution to this key block's dK and dV (``PART`` 0), dV only (1) or dK only (2), in
+    transposed tiles (keys x queries)."""
     rows = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, q_desc, start_m, stride_qm, L, D, BLOCK_M, BLOCK_D, USE_TMA, MASKED, EVEN_D)
     x = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
     if MASKED:
         x = tl.where(tl.trans(_band(rows, cols, L, S, shift, left, right, HAS_LEFT, HAS_RIGHT)), x, float("-inf"))
         lse = tl.load(Lse + rows, mask=rows < L, other=float("inf"))
-        delta = tl.load(Delta + rows, mask=rows < L, other=0.0)
+        if PART != 1:
+            delta = tl.load(Delta + rows, mask=rows < L, other=0.0)
     else:
         lse = tl.load(Lse + rows)
-        delta = tl.load(Delta + rows)
+        if PART != 1:
+            delta = tl.load(Delta + rows)
     if MASK_KIND != 0:  # rows clamped: those past L are masked by the band anyway
         tile = tl.load(mask_cols + (tl.minimum(rows, L - 1) if MASKED else rows)[None, :] * stride_mm)
         x = _mask_tile(x, tile, qk_scale, MASK_KIND)
     p = tl.math.exp2(x * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M); 0 where masked
     do = _load_rows(DO, do_desc, start_m, stride_dom, L, DV, BLOCK_M, BLOCK_DV, USE_TMA, MASKED, EVEN_D)
-    dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
+    if PART != 1:
+        dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
     if HAS_DROPOUT:
         keep = tl.rand(seed, drop_base + rows[None, :] * S + cols[:, None]) >= dropout_p
-        dv = tl.dot(tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0).to(do.dtype), do, dv, input_precision=PRECISION)
-        dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
-    else:
-        dv = tl.dot(p.to(do.dtype), do, dv, input_precision=PRECISION)
-    ds = p * (dp - delta[None, :])
-    dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=PRECISION)
+    if PART != 2:
+        if HAS_DROPOUT:
+            pz = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
+            dv = tl.dot(pz.to(do.dtype), do, dv, input_precision=PRECISION)
+        else:
+            dv = tl.dot(p.to(do.dtype), do, dv, input_precision=PRECISION)
+    if PART != 1:
+        if HAS_DROPOUT:
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[None, :])
+        dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=PRECISION)
     return dk, dv
 
 
@@ -99,10 +108,14 @@ def attn_bwd_dkdv(
     B, H, GROUP, L, S, D, DV, TQ, L_KEY, S_KEY, sm_scale, dropout_p, left, right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, LOWER_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr, USE_TMA: tl.constexpr,
-    EVEN_D: tl.constexpr,
+    EVEN_D: tl.constexpr, PART: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
-    """dK, dV of one key block ``[n0, n0 + BLOCK_N)`` of one (batch, key/value head); layouts as `attn_fwd`."""
+    """dK, dV of one key block ``[n0, n0 + BLOCK_N)`` of one (batch, key/value head); layouts as `attn_fwd`.
+
+    ``PART`` 0 computes both; above head dim 128 the launcher runs the kernel twice, ``PART`` 1 for dV and 2 for
+    dK: two (BLOCK_N, 256) float32 accumulators leave no registers for the 64-row tiles ``wgmma`` needs, one does.
+    The price is Q K^T computed in both launches (5 products per block pair instead of 4)."""
     h_kv = tl.program_id(1)
     if VARLEN:
         b, k_start, S, start_n = _find_sequence(CuK, B, tl.program_id(0), BLOCK_N)
@@ -126,9 +139,12 @@ def attn_bwd_dkdv(
     DVout += b64 * stride_dvb + h_kv * stride_dvh + k_start * stride_dvn
     cols = n0 + tl.arange(0, BLOCK_N)
     k_desc = _descriptor(K, S, D, stride_kn, BLOCK_N, BLOCK_D, USE_TMA)
-    v_desc = _descriptor(V, S, DV, stride_vn, BLOCK_N, BLOCK_DV, USE_TMA)
     k = _load_rows(K, k_desc, n0, stride_kn, S, D, BLOCK_N, BLOCK_D, USE_TMA, True, EVEN_D)
-    v = _load_rows(V, v_desc, n0, stride_vn, S, DV, BLOCK_N, BLOCK_DV, USE_TMA, True, EVEN_D)
+    if PART != 1:
+        v_desc = _descriptor(V, S, DV, stride_vn, BLOCK_N, BLOCK_DV, USE_TMA)
+        v = _load_rows(V, v_desc, n0, stride_vn, S, DV, BLOCK_N, BLOCK_DV, USE_TMA, True, EVEN_D)
+    else:
+        v = k  # not read: dV needs P and dO only
     seed = tl.load(Seed) if HAS_DROPOUT else 0
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
@@ -153,36 +169,42 @@ def attn_bwd_dkdv(
                 dk, dv = _dkdv_block(
                     dk, dv, k, v, Qh, DOh, q_desc, do_desc, mask_cols, lse_h, delta_h, seed, start_m, cols, drop_base,
                     L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p, True,
-                    HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, BLOCK_M, BLOCK_D, BLOCK_DV,
+                    HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART,
+                    BLOCK_M, BLOCK_D, BLOCK_DV,
                 )  # fmt: skip
         for start_m in range(mid_lo, mid_hi, BLOCK_M):  # whole blocks: no mask
             dk, dv = _dkdv_block(
                 dk, dv, k, v, Qh, DOh, q_desc, do_desc, mask_cols, lse_h, delta_h, seed, start_m, cols, drop_base,
                 L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p, False,
-                HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, BLOCK_M, BLOCK_D, BLOCK_DV,
+                HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART,
+                BLOCK_M, BLOCK_D, BLOCK_DV,
             )  # fmt: skip
         for start_m in range(mid_hi, hi, BLOCK_M):  # the window's left edge, the last partial block
             dk, dv = _dkdv_block(
                 dk, dv, k, v, Qh, DOh, q_desc, do_desc, mask_cols, lse_h, delta_h, seed, start_m, cols, drop_base,
                 L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p, True,
-                HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, BLOCK_M, BLOCK_D, BLOCK_DV,
+                HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART,
+                BLOCK_M, BLOCK_D, BLOCK_DV,
             )  # fmt: skip
 
-    dk_desc = _descriptor(DK, S, D, stride_dkn, BLOCK_N, BLOCK_D, USE_TMA)
-    dv_desc = _descriptor(DVout, S, DV, stride_dvn, BLOCK_N, BLOCK_DV, USE_TMA)
-    _store_rows(DK, dk_desc, n0, stride_dkn, S, D, (dk * sm_scale).to(DK.dtype.element_ty), BLOCK_N, BLOCK_D, USE_TMA)
-    _store_rows(DVout, dv_desc, n0, stride_dvn, S, DV, dv.to(DVout.dtype.element_ty), BLOCK_N, BLOCK_DV, USE_TMA)
+    if PART != 1:
+        dk_desc = _descriptor(DK, S, D, stride_dkn, BLOCK_N, BLOCK_D, USE_TMA)
+        dk = (dk * sm_scale).to(DK.dtype.element_ty)
+        _store_rows(DK, dk_desc, n0, stride_dkn, S, D, dk, BLOCK_N, BLOCK_D, USE_TMA)
+    if PART != 2:
+        dv_desc = _descriptor(DVout, S, DV, stride_dvn, BLOCK_N, BLOCK_DV, USE_TMA)
+        _store_rows(DVout, dv_desc, n0, stride_dvn, S, DV, dv.to(DVout.dtype.element_ty), BLOCK_N, BLOCK_DV, USE_TMA)
 
 
 @triton.jit
 def _dq_block(
-    dq, q, do, lse, delta, K, V, k_desc, v_desc, mask_rows, seed, start_n, rows, drop_base, L, S, D, DV, qk_scale,
-    stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
+    dq, q, do, lse, delta, K, V, k_desc, kh_desc, v_desc, mask_rows, seed, start_n, rows, drop_base, L, S, D, DV,
+    qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
     MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, USE_TMA: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
-    """One key block's contribution to this query block's dQ."""
+    """One key block's contribution to this query block's dQ (``HALF`` 1 or 2: to one half of its columns)."""
     cols = start_n + tl.arange(0, BLOCK_N)
     k = _load_rows(K, k_desc, start_n, stride_kn, S, D, BLOCK_N, BLOCK_D, USE_TMA, MASKED, EVEN_D)
     x = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
@@ -198,7 +220,13 @@ def _dq_block(
         keep = tl.rand(seed, drop_base + rows[:, None] * S + cols[None, :]) >= dropout_p
         dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
     ds = p * (dp - delta[:, None])
-    return tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
+    if HALF != 0:  # dQ[:, half] = dS K[:, half]: the key block's columns of this half
+        c0 = (HALF - 1) * (BLOCK_D // 2)
+        kh = _load_rows(K + c0, kh_desc, start_n, stride_kn, S, D - c0, BLOCK_N, BLOCK_D // 2, USE_TMA, MASKED, EVEN_D)
+        dq = tl.dot(ds.to(k.dtype), kh, dq, input_precision=PRECISION)
+    else:
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
+    return dq
 
 
 @triton.jit
@@ -210,10 +238,15 @@ def attn_bwd_dq(
     B, H, GROUP, L, S, D, DV, TQ, L_KEY, S_KEY, sm_scale, dropout_p, left, right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, LOWER_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr, USE_TMA: tl.constexpr,
-    EVEN_D: tl.constexpr,
+    EVEN_D: tl.constexpr, HALF: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
-    """dQ of one query block of one (batch, head); layouts as `attn_fwd`."""
+    """dQ of one query block of one (batch, head); layouts as `attn_fwd`.
+
+    ``HALF`` 0 computes all of dQ's columns. Where the installed Triton keeps no spill-free ``wgmma`` tile for the
+    variant (`tiles.dq_halves`: head dim 256 with more state live, under triton 3.6), the launcher runs the kernel
+    twice, ``HALF`` 1 and 2, each accumulating one half of the columns: half the accumulator, at the price of S and
+    dP computed in both launches (5 products per block pair instead of 3)."""
     h = tl.program_id(1)
     if VARLEN:
         b, q_start, L, start_m = _find_sequence(CuQ, B, tl.program_id(0), BLOCK_M)
@@ -255,31 +288,43 @@ def attn_bwd_dq(
         mask_rows = Mask + b64 * stride_mb + h * stride_mh + tl.minimum(rows, L - 1)[:, None] * stride_mm
     seed = tl.load(Seed) if HAS_DROPOUT else 0
     drop_base = (b * H + h).to(tl.int64) << 32
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if HALF != 0:
+        c0 = (HALF - 1) * (BLOCK_D // 2)
+        kh_desc = _descriptor(K + c0, S, D - c0, stride_kn, BLOCK_N, BLOCK_D // 2, USE_TMA)
+        dq = tl.zeros([BLOCK_M, BLOCK_D // 2], tl.float32)
+    else:
+        kh_desc = k_desc
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     qk_scale = sm_scale * LOG2E
     shift = S - L if LOWER_RIGHT else 0
     lo, mid_lo, mid_hi, hi = _col_bounds(m0, L, S, shift, left, right, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
     if HAS_LEFT:
         for start_n in range(lo, mid_lo, BLOCK_N):
             dq = _dq_block(
-                dq, q, do, lse, delta, K, V, k_desc, v_desc, mask_rows, seed, start_n, rows, drop_base, L, S, D, DV,
-                qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
-                True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION,
+                dq, q, do, lse, delta, K, V, k_desc, kh_desc, v_desc, mask_rows, seed, start_n, rows, drop_base,
+                L, S, D, DV, qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
+                True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, HALF,
                 BLOCK_N, BLOCK_D, BLOCK_DV,
             )  # fmt: skip
     for start_n in range(mid_lo, mid_hi, BLOCK_N):
         dq = _dq_block(
-            dq, q, do, lse, delta, K, V, k_desc, v_desc, mask_rows, seed, start_n, rows, drop_base, L, S, D, DV,
-            qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
-            False, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION,
+            dq, q, do, lse, delta, K, V, k_desc, kh_desc, v_desc, mask_rows, seed, start_n, rows, drop_base,
+            L, S, D, DV, qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
+            False, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, HALF,
             BLOCK_N, BLOCK_D, BLOCK_DV,
         )  # fmt: skip
     for start_n in range(mid_hi, hi, BLOCK_N):
         dq = _dq_block(
-            dq, q, do, lse, delta, K, V, k_desc, v_desc, mask_rows, seed, start_n, rows, drop_base, L, S, D, DV,
-            qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
-            True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION,
+            dq, q, do, lse, delta, K, V, k_desc, kh_desc, v_desc, mask_rows, seed, start_n, rows, drop_base,
+            L, S, D, DV, qk_scale, stride_kn, stride_vn, stride_mn, shift, left, right, dropout_p,
+            True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, HALF,
             BLOCK_N, BLOCK_D, BLOCK_DV,
         )  # fmt: skip
-    dq_desc = _descriptor(DQ, L, D, stride_dqm, BLOCK_M, BLOCK_D, USE_TMA)
-    _store_rows(DQ, dq_desc, m0, stride_dqm, L, D, (dq * sm_scale).to(DQ.dtype.element_ty), BLOCK_M, BLOCK_D, USE_TMA)
+    dq = (dq * sm_scale).to(DQ.dtype.element_ty)
+    if HALF != 0:
+        c0 = (HALF - 1) * (BLOCK_D // 2)
+        dq_desc = _descriptor(DQ + c0, L, D - c0, stride_dqm, BLOCK_M, BLOCK_D // 2, USE_TMA)
+        _store_rows(DQ + c0, dq_desc, m0, stride_dqm, L, D - c0, dq, BLOCK_M, BLOCK_D // 2, USE_TMA)
+    else:
+        dq_desc = _descriptor(DQ, L, D, stride_dqm, BLOCK_M, BLOCK_D, USE_TMA)
+        _store_rows(DQ, dq_desc, m0, stride_dqm, L, D, dq, BLOCK_M, BLOCK_D, USE_TMA)

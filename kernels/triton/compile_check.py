@@ -10,8 +10,8 @@ For each variant it reports registers and spills (``ptxas -v``, bundled with tri
 whether ``wgmma`` and the tensor-memory copy (``cp.async.bulk.tensor``) are used, and the hot loop's
 warp-instructions per MFLOP (`kernels.triton.loop_profile`, from the SASS). A variant fails when it does not
 compile, exceeds the architecture's shared memory, spills, lacks matrix instructions (``wgmma`` for fp16/bf16 on
-sm_90 up to head dim 128: above it the dK/dV accumulators leave no registers for the 64-row tiles ``wgmma`` needs,
-measured), or, on the copy-engine path of sm_90, does not use the copy engine.
+sm_90, except where no tile that uses it compiles spill-free: dK/dV above head dim 128 with more state live), or,
+on the copy-engine path of sm_90, does not use the copy engine.
 
 The default is a covering set (every constexpr value and head-dim bucket at least once per kernel, every kept tile
 of the main variants, both architectures); ``--full`` compiles the cross product (hours on 2 cores);
@@ -65,10 +65,18 @@ class Variant:
     odd: bool = False  # lengths that are not multiples of 16
     tma: bool = True  # the copy-engine path where the architecture has it; False: the pointer path
     tile: tuple[int, int, int, int] = (0, 0, 0, 0)  # BLOCK_M, BLOCK_N, num_warps, num_stages
+    part: int = 0  # bwd_dkdv above head dim 128: 1 the dV launch, 2 the dK one (`ops.dkdv_parts`); bwd_dq: the half
 
     @property
     def path(self) -> str:
         return "tma" if self.tma and self.arch >= 90 else "ptr"
+
+    @property
+    def loop_kernel(self) -> str:
+        """The kernel's name for the loop profile's FLOP count (the dK/dV parts do different products)."""
+        if self.kernel == "bwd_dkdv":
+            return ("bwd_dkdv", "bwd_dv", "bwd_dk")[self.part]
+        return "bwd_dq_half" if self.kernel == "bwd_dq" and self.part else self.kernel
 
     def label(self) -> str:
         names = ("varlen", "causal", "window", "dropout", "gqa", "odd")
@@ -77,7 +85,8 @@ class Variant:
         )
         m, n, w, s = self.tile
         return (
-            f"{self.kernel:<8} sm_{self.arch} {self.path:<3} {self.dtype:<8} d={self.head_dim:<3} {m}x{n} w{w} s{s} "
+            f"{self.loop_kernel:<8} sm_{self.arch} {self.path:<3} {self.dtype:<8} d={self.head_dim:<3} {m}x{n} "
+            f"w{w} s{s} "
             f"{'+'.join(flags) or '-'}"
         )
 
@@ -116,8 +125,30 @@ def _example_launch(v: Variant):
         return ops.forward_launch(q, k, v_, mask, seed, *options, tma=tma)[0]
     out, lse = ops.forward_launch(q, k, v_, mask, seed, *options, tma=tma)[1:]
     grad = torch.randn(out.shape, generator=gen).to(dtype)
-    launches = ops.backward_launches(grad, q, k, v_, mask, seed, out, lse, *options, tma=tma)[0]
-    return {launch.kernel: launch for launch in launches}[KERNEL_NAMES[v.kernel]]
+    launches = ops.backward_launches(grad, q, k, v_, mask, seed, out, lse, *options, tma=tma, arch=v.arch)[0]
+    return next(
+        launch for launch in launches
+        if launch.kernel == KERNEL_NAMES[v.kernel] and launch.kwargs.get("PART", launch.kwargs.get("HALF", 0)) == v.part
+    )  # fmt: skip
+
+
+def with_parts(v: Variant) -> list[Variant]:
+    """``v``, or its launches where the kernel runs in two (dK/dV in `ops.dkdv_parts`' cases: dV and dK; dQ in
+    `tiles.dq_halves`' rows: one per half of the head dim), each a compile of its own."""
+    import torch
+
+    from .ops import dkdv_parts, dq_parts
+    from .tiles import kind_of
+
+    kernel, dtype = KERNEL_NAMES[v.kernel], getattr(torch, v.dtype)
+    kind = kind_of(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
+    if v.kernel == "bwd_dkdv":
+        parts = dkdv_parts(v.arch, v.head_dim, v.head_dim, kind)
+    elif v.kernel == "bwd_dq":
+        parts = dq_parts(v.arch, v.path == "tma", v.head_dim, kind)
+    else:
+        return [v]
+    return [dataclasses.replace(v, part=part) for part in parts]
 
 
 def jit_specialisation(fn, args: tuple, kwargs: dict, arch: int):
@@ -206,7 +237,7 @@ def compile_variant(v: Variant) -> dict:
     regs, spills = _ptxas_report(ptx, v.arch)
     wgmma, mma = "wgmma.mma_async" in ptx, "mma.sync" in ptx
     instructions, per_mflop = warp_instructions_per_mflop(
-        disassemble(compiled.asm["cubin"]), v.kernel, m, n, v.head_dim, w
+        disassemble(compiled.asm["cubin"]), v.loop_kernel, m, n, v.head_dim, w
     )
     report.update(
         registers=regs, spill_bytes=spills, shared_bytes=compiled.metadata.shared,
@@ -222,11 +253,18 @@ def compile_variant(v: Variant) -> dict:
     if v.kernel != "bwd_pre":
         if not (wgmma or mma):
             problems.append("no mma/wgmma instructions")
-        elif v.arch >= 90 and v.dtype != "float32" and v.head_dim <= 128 and not wgmma:
+        elif v.arch >= 90 and v.dtype != "float32" and not wgmma and not no_wgmma_tile(v):
             problems.append("no wgmma on sm_90")
         if v.path == "tma" and not report["tma"]:
             problems.append("the copy-engine path does not use cp.async.bulk.tensor")
     return {**report, "ok": not problems, "why": "; ".join(problems)}
+
+
+def no_wgmma_tile(v: Variant) -> bool:
+    """The measured exception to ``wgmma`` on sm_90: dK/dV above head dim 128 with a mask or dropout tile, variable
+    length, a window or grouped heads (no tile of either the one-launch or the split kernel compiles spill-free with
+    it, 2026-11-27, triton 3.6 and 3.9: `ops.dkdv_parts`)."""
+    return v.kernel == "bwd_dkdv" and v.head_dim > 128 and (v.mask or v.dropout or v.varlen or v.window or v.gqa)
 
 
 def kept(v: Variant) -> list[tuple[int, int, int, int]]:
@@ -279,7 +317,7 @@ def variants(full: bool, archs: tuple[int, ...]) -> list[Variant]:
             for change in COVERING[1:]:
                 base = Variant(kernel, arch, **change)
                 out.append(dataclasses.replace(base, tile=kept(base)[0]))
-    return list(dict.fromkeys(out))
+    return list(dict.fromkeys(part for v in out for part in with_parts(v)))
 
 
 # What each SPILL_FREE kind must survive: a tile is kept for a kind when every one of these compiles spill-free
@@ -298,22 +336,24 @@ MEASURED_KINDS = {
 }
 
 
-def measure_tiles(archs: tuple[int, ...], jobs: int, keep: int = 3) -> dict:
+def measure_tiles(
+    archs: tuple[int, ...], jobs: int, keep: int = 3, kernels: tuple[str, ...] = ("fwd", "bwd_dkdv", "bwd_dq"),
+    buckets: tuple[int, ...] = (64, 128, 256), kinds: tuple[str, ...] = tuple(MEASURED_KINDS),
+) -> dict:  # fmt: skip
     """Compile every tile of every kernel for each (arch, path, head-dim bucket, kind) in each of the kind's
-    feature combinations (`MEASURED_KINDS`); per row, the first ``keep`` tiles (in CONFIGS order) that pass all."""
+    feature combinations (`MEASURED_KINDS`); per row, the first ``keep`` tiles (in CONFIGS order) that pass all.
+    ``kernels``, ``buckets`` and ``kinds`` narrow it to the rows a change affects."""
     from .tiles import CONFIGS
 
     todo, rows = [], []
-    for arch, kernel, bucket, (kind, combos) in itertools.product(
-        archs, KERNEL_NAMES, (64, 128, 256), MEASURED_KINDS.items()
-    ):
-        if kernel == "bwd_pre":
-            continue
+    for arch, kernel, bucket, kind in itertools.product(archs, kernels, buckets, kinds):
+        combos = MEASURED_KINDS[kind]
         for tma in (True, False) if arch >= 90 else (False,):
             for tile in CONFIGS[KERNEL_NAMES[kernel]]:
                 for flags in combos:
-                    todo.append(Variant(kernel, arch, head_dim=bucket, tma=tma, tile=tile, **flags))
-                    rows.append((KERNEL_NAMES[kernel], (arch, "tma" if tma and arch >= 90 else "ptr", bucket, kind)))
+                    for v in with_parts(Variant(kernel, arch, head_dim=bucket, tma=tma, tile=tile, **flags)):
+                        todo.append(v)
+                        rows.append((KERNEL_NAMES[kernel], (arch, v.path, bucket, kind)))
     reports = _compile_all(todo, jobs)
     passed: dict = {}
     for v, row, r in zip(todo, rows, reports, strict=True):
@@ -387,6 +427,29 @@ def main(argv: list[str] | None = None) -> int:
         "cores) and print the spill-free table for the installed triton",
     )
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90], choices=sorted(SHARED_LIMIT))
+    main_kernels = ["fwd", "bwd_dkdv", "bwd_dq"]
+    parser.add_argument(
+        "--kernel",
+        nargs="+",
+        default=main_kernels,
+        choices=main_kernels,
+        help="--measure-tiles: only these kernels' rows",
+    )
+    parser.add_argument(
+        "--head-dim-bucket",
+        type=int,
+        nargs="+",
+        default=[64, 128, 256],
+        choices=[64, 128, 256],
+        help="--measure-tiles: only these padded head dims' rows",
+    )
+    parser.add_argument(
+        "--kind",
+        nargs="+",
+        default=list(MEASURED_KINDS),
+        choices=list(MEASURED_KINDS),
+        help="--measure-tiles: only these kinds' rows",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", help="write one record per compiled variant to this file")
     args = parser.parse_args(argv)
@@ -397,7 +460,10 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     if args.measure_tiles:
-        table = measure_tiles(tuple(args.arch), args.jobs)
+        table = measure_tiles(
+            tuple(args.arch), args.jobs, kernels=tuple(args.kernel), buckets=tuple(args.head_dim_bucket),
+            kinds=tuple(args.kind),
+        )  # fmt: skip
         print(f"# triton {triton.__version__}: paste into kernels/triton/spill_free.py\nTABLE: Table = {{")
         for kernel, rows in table.items():
             print(f"    {kernel!r}: {{")

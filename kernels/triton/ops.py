@@ -28,7 +28,7 @@ from .bwd import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
 from .common import grid_blocks
 from .decode import attn_decode_split
 from .fwd import attn_fwd
-from .tiles import INTERPRET, PREPROCESS_BLOCK, block_dim, length_key, tuned
+from .tiles import INTERPRET, PREPROCESS_BLOCK, block_dim, dq_halves, kind_of, length_key, tuned
 
 attn_fwd_tuned, attn_bwd_dkdv_tuned, attn_bwd_dq_tuned = (tuned(k) for k in (attn_fwd, attn_bwd_dkdv, attn_bwd_dq))
 
@@ -180,9 +180,12 @@ def forward_launch(q, k, v, mask, seed, dropout_p, scale, left, right, lower_rig
 
 
 def backward_launches(
-    grad_out, q, k, v, mask, seed, out, lse, dropout_p, scale, left, right, lower_right, allow_tf32, layout, tma=None
+    grad_out, q, k, v, mask, seed, out, lse, dropout_p, scale, left, right, lower_right, allow_tf32, layout, tma=None,
+    arch=None,
 ):  # fmt: skip
-    """The backward's three launches (preprocess, dK/dV, dQ) and the gradients they fill ``(launches, dq, dk, dv)``."""
+    """The backward's launches (preprocess, dK/dV, dQ; dK/dV and dQ each in two parts where `dkdv_parts` and
+    `dq_parts` say) and the gradients they fill ``(launches, dq, dk, dv)``. ``arch``: the compute capability
+    compiled for (default: the device's; 90 for CPU tensors, as the autotuner's prune assumes)."""
     grad_out, q, k, v, out = (contiguous_last(t) for t in (grad_out, q, k, v, out))
     D, DV = q.size(-1), v.size(-1)
     H, Hk = layout.heads, layout.kv_heads
@@ -197,6 +200,9 @@ def backward_launches(
         {"BLOCK_M": PREPROCESS_BLOCK, "BLOCK_DV": block_dim(DV)},
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if arch is None:
+        major, minor = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (9, 0)
+        arch = 10 * major + minor
     tma = use_tma(q, k, v, grad_out, dq, dk, dv) if tma is None else tma
     consts = _constexprs(q, v, mask_kind, dropout_p, left, right, lower_right, allow_tf32, layout, tma)
     common = (
@@ -204,18 +210,39 @@ def backward_launches(
     )  # fmt: skip
     scalars = layout.scalars(D, DV, scale, dropout_p, left, right)
     offsets = (layout.cu_q, layout.cu_k)
-    dkdv = Launch(
-        "attn_bwd_dkdv", lambda meta: (layout.grid(meta["BLOCK_N"], keys=True), bh * Hk),
-        (q, k, v, mask_t, grad_out, lse, delta, dk, dv, seed, *offsets, *common, *layout.strides(dk),
-         *layout.strides(dv), *scalars),
-        consts,
-    )  # fmt: skip
-    dq_launch = Launch(
-        "attn_bwd_dq", lambda meta: (layout.grid(meta["BLOCK_M"]), bh * H),
-        (q, k, v, mask_t, grad_out, lse, delta, dq, seed, *offsets, *common, *layout.strides(dq), *scalars),
-        consts,
-    )  # fmt: skip
-    return [pre, dkdv, dq_launch], dq, dk, dv
+    features = (q.dtype, mask_kind, dropout_p > 0, layout.varlen, left >= 0)  # what decides a launch's kind
+    dkdv = [
+        Launch(
+            "attn_bwd_dkdv", lambda meta: (layout.grid(meta["BLOCK_N"], keys=True), bh * Hk),
+            (q, k, v, mask_t, grad_out, lse, delta, dk, dv, seed, *offsets, *common, *layout.strides(dk),
+             *layout.strides(dv), *scalars),
+            {**consts, "PART": part},
+        )
+        for part in dkdv_parts(arch, D, DV, kind_of("attn_bwd_dkdv", *features, Hk != H))
+    ]  # fmt: skip
+    dq_launches = [
+        Launch(
+            "attn_bwd_dq", lambda meta: (layout.grid(meta["BLOCK_M"]), bh * H),
+            (q, k, v, mask_t, grad_out, lse, delta, dq, seed, *offsets, *common, *layout.strides(dq), *scalars),
+            {**consts, "HALF": half},
+        )
+        for half in dq_parts(arch, tma, D, kind_of("attn_bwd_dq", *features))
+    ]  # fmt: skip
+    return [pre, *dkdv, *dq_launches], dq, dk, dv
+
+
+def dq_parts(arch: int, tma: bool, D: int, kind: str) -> tuple[int, ...]:
+    """The dQ kernel's launches: one over the whole head dim (``HALF`` 0), or one per half of it (1, 2) where
+    `tiles.dq_halves` says so."""
+    return (1, 2) if dq_halves(arch, tma, block_dim(D), kind) else (0,)
+
+
+def dkdv_parts(arch: int, D: int, DV: int, kind: str) -> tuple[int, ...]:
+    """The dK/dV kernel's launches: one for both (``PART`` 0), or one for dV (1) and one for dK (2), each with one
+    accumulator (`attn_bwd_dkdv`): on sm_90 above head dim 128 without extra state (kind "plain"), where that makes
+    ``wgmma`` tiles spill-free. Measured: with a mask or dropout tile, a window and grouped heads live at once no
+    tile of the split compiles spill-free either, and sm_80 has no ``wgmma`` to gain; there one launch stays."""
+    return (1, 2) if arch >= 90 and max(block_dim(D), block_dim(DV)) > 128 and kind == "plain" else (0,)
 
 
 def _forward(*args) -> tuple[torch.Tensor, torch.Tensor]:

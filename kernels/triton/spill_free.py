@@ -2,7 +2,8 @@
 
 ``TABLE[kernel][(arch, path, bucket, kind)]``: the tiles kept, at most three (each one the autotuner tries costs a
 compile on the GPU), in the order of `tiles.CONFIGS` (larger tiles first) among those that compile without register
-spills within shared memory, with wgmma on sm_90 up to head dim 128. ``arch`` 80 stands for every card before Hopper
+spills within shared memory (on sm_90 with wgmma, except dK/dV above head dim 128 with more state live, where
+no wgmma tile is spill-free: `compile_check.no_wgmma_tile`). ``arch`` 80 stands for every card before Hopper
 (no copy engine: pointer path only), 90 for Hopper and later; ``path`` "tma" or "ptr"; ``bucket`` the padded head
 dim (64, 128, 256); ``kind`` "plain", "tile" (more state is live: a mask or dropout tile, variable length, a window's
 left edge, or grouped query heads in dK/dV), "fp32" (float32 operands), "fp32-tile" (both). The "tile" rows hold the
@@ -24,6 +25,11 @@ kernels.compile_check --measure-tiles`` (which compiles exactly what the JIT com
   in one of the compile check's covering variants under 3.6 (register allocation is not monotone in the features:
   the forward at head dim 64 with variable length, causal and dropout spills at 64x64 although the same with a window
   and grouped heads added does not): forward (90, tma, 64, tile), dQ (80, ptr, 64, plain) and (90, tma, 64, tile).
+
+Re-measured the same day for the launches that run in parts (``--kernel``/``--head-dim-bucket``/``--kind``): dK/dV's
+(90, *, 256, plain) rows hold the tiles spill-free in both its dV and its dK launch (`ops.dkdv_parts`), under both
+versions for `BOTH_36_39`; `BOTH_36_39`'s dQ (90, tma, 256, tile) row holds the tiles of dQ's half-head-dim launches
+under triton 3.6 (`DQ_HALVES_36`: only below 3.9 does dQ run in halves).
 
 The compile check fails when a tile the installed version's table keeps spills.
 """
@@ -95,7 +101,7 @@ TRITON_39: Table = {
         (90, 'ptr', 128, 'tile'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
         (90, 'ptr', 256, 'fp32'): [(32, 32, 4, 1), (16, 32, 4, 1), (16, 32, 8, 1)],
         (90, 'ptr', 256, 'fp32-tile'): [(16, 32, 8, 1)],
-        (90, 'ptr', 256, 'plain'): [(32, 32, 4, 1), (16, 32, 8, 1)],
+        (90, 'ptr', 256, 'plain'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
         (90, 'ptr', 256, 'tile'): [(16, 32, 8, 1)],
         (90, 'tma', 64, 'fp32'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
         (90, 'tma', 64, 'fp32-tile'): [(16, 64, 8, 1)],
@@ -107,7 +113,7 @@ TRITON_39: Table = {
         (90, 'tma', 128, 'tile'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
         (90, 'tma', 256, 'fp32'): [],
         (90, 'tma', 256, 'fp32-tile'): [],
-        (90, 'tma', 256, 'plain'): [(16, 16, 8, 1)],
+        (90, 'tma', 256, 'plain'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
         (90, 'tma', 256, 'tile'): [(16, 16, 8, 1)],
     },
     'attn_bwd_dq': {
@@ -212,7 +218,7 @@ BOTH_36_39: Table = {
         (90, 'ptr', 128, 'tile'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
         (90, 'ptr', 256, 'fp32'): [(32, 32, 4, 1), (16, 32, 4, 1), (16, 32, 8, 1)],
         (90, 'ptr', 256, 'fp32-tile'): [(16, 32, 8, 1)],
-        (90, 'ptr', 256, 'plain'): [(32, 32, 4, 1), (16, 32, 8, 1)],
+        (90, 'ptr', 256, 'plain'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
         (90, 'ptr', 256, 'tile'): [(16, 32, 8, 1)],
         (90, 'tma', 64, 'fp32'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
         (90, 'tma', 64, 'fp32-tile'): [(16, 64, 8, 1)],
@@ -224,7 +230,7 @@ BOTH_36_39: Table = {
         (90, 'tma', 128, 'tile'): [(16, 64, 8, 1)],
         (90, 'tma', 256, 'fp32'): [],
         (90, 'tma', 256, 'fp32-tile'): [],
-        (90, 'tma', 256, 'plain'): [(16, 16, 8, 1)],
+        (90, 'tma', 256, 'plain'): [(16, 128, 8, 2), (16, 64, 4, 2)],
         (90, 'tma', 256, 'tile'): [(16, 16, 8, 1)],
     },
     'attn_bwd_dq': {
@@ -263,9 +269,21 @@ BOTH_36_39: Table = {
         (90, 'tma', 256, 'fp32'): [(64, 16, 4, 2)],
         (90, 'tma', 256, 'fp32-tile'): [],
         (90, 'tma', 256, 'plain'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
-        (90, 'tma', 256, 'tile'): [(16, 32, 8, 1), (16, 16, 8, 1)],
+        (90, 'tma', 256, 'tile'): [(128, 16, 8, 2), (64, 16, 4, 2)],  # dQ in halves (DQ_HALVES_36)
     },
 }  # fmt: skip
+
+
+# Rows where dQ runs as two half-head-dim launches (`tiles.dq_halves`): under triton 3.6 no tile of the whole head
+# dim 256 compiles spill-free with wgmma when more state is live (16-32-row tiles: mma.sync); with half the
+# accumulator, 128x16 does (measured 2026-11-27: 227-238 registers, no spill, in every "tile" combination). Their
+# rows in `BOTH_36_39` hold the tiles measured for the halves.
+DQ_HALVES_36: set[tuple[int, str, int, str]] = {(90, "tma", 256, "tile")}
+
+
+def dq_halves_for(version: str) -> set[tuple[int, str, int, str]]:
+    """The `DQ_HALVES` rows for a Triton version (none from 3.9 on: it keeps whole-head-dim wgmma tiles)."""
+    return set() if for_version(version) is TRITON_39 else DQ_HALVES_36
 
 
 def for_version(version: str) -> Table:

@@ -85,6 +85,13 @@ def kept_tiles(kernel: str, arch: int, use_tma: bool, block_d: int, kind: str) -
     return list(row) if row is not None else list(CONFIGS[kernel])
 
 
+def dq_halves(arch: int, use_tma: bool, block_d: int, kind: str) -> bool:
+    """Whether dQ runs as two launches, each over half of the head dim (`attn_bwd_dq`): where the installed
+    Triton keeps no spill-free ``wgmma`` tile for the whole head dim (`spill_free.DQ_HALVES`)."""
+    row = (arch_of(arch), "tma" if use_tma else "ptr", bucket_of(block_d), kind)
+    return row in spill_free.dq_halves_for(triton.__version__)
+
+
 _forced: dict[str, Tile] = {}
 _tuners: dict[str, triton.runtime.Autotuner] = {}
 
@@ -147,7 +154,8 @@ def prune_for(kernel: str):
 def tuned(kernel):
     """``kernel`` behind an autotuner over its tile list, pruned per variant, results cached on disk."""
     name = kernel.__name__
+    key = AUTOTUNE_KEY + [k for k in ("PART", "HALF") if k in kernel.arg_names]  # a kernel's launches tune apart
     _tuners[name] = triton.autotune(
-        configs(name), key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": prune_for(name)}, cache_results=True
+        configs(name), key=key, prune_configs_by={"early_config_prune": prune_for(name)}, cache_results=True
     )(kernel)
     return _tuners[name]

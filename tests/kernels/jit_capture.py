@@ -50,12 +50,14 @@ def main() -> None:
     k, v = (torch.randn(B, S, H, D, dtype=torch.float16).transpose(1, 2) for _ in range(2))
     cu = torch.tensor([0, 70, 200], dtype=torch.int32)
     packed = [torch.randn(200, H, 24, dtype=torch.float16) for _ in range(3)]  # (T, H, D), odd head dim
+    wide = [torch.randn(1, 64, 2, 160, dtype=torch.float16).transpose(1, 2) for _ in range(3)]  # dK/dV: 2 launches
     dense, varlen = ops._Layout(q, k), ops._Layout(packed[0], packed[1], cu, cu)
     seed, keep = torch.zeros(1, dtype=torch.int64), torch.rand(L, S) > 0.5
     calls = [  # (name, (q, k, v, mask, seed, dropout_p, scale, left, right, lower_right, tf32), layout, tma)
         ("dense causal, copy engine", (q, k, v, None, None, 0.0, 1 / math.sqrt(D), -1, 0, False, False), dense, True),
         ("dense bool mask + dropout, pointers", (q, k, v, keep, seed, 0.1, 0.125, -1, -1, False, False), dense, False),
         ("packed window", (*packed, None, None, 0.0, 0.2, 31, 0, True, False), varlen, True),
+        ("dense head dim 160", (*wide, None, None, 0.0, 0.08, -1, 0, False, False), ops._Layout(*wide[:2]), True),
     ]
     forcing = {"attn_fwd": (64, 32, 4, 2), "attn_bwd_dkdv": (32, 64, 4, 2), "attn_bwd_dq": (64, 32, 4, 2)}
     for name, (q_, k_, v_, mask, seed, *options), layout, tma in calls:

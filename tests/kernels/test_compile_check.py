@@ -51,9 +51,14 @@ def test_covering_set_compiles_without_spills(reports):
             assert {r["head_dim"] for r in mine} >= {16, 24, 64, 80, 128, 192, 256}
     assert all(r["shared_bytes"] > 0 and r["spill_bytes"] == 0 for r in main)
     hopper = [r for r in main if r["arch"] == 90]
-    # fp16/bf16 on sm_90: wgmma, up to head dim 128 (above it dK/dV has no spill-free wgmma tile: mma.sync)
-    assert all(r["wgmma"] for r in hopper if r["dtype"] != "float32" and r["head_dim"] <= 128)
-    assert all(r["wgmma"] for r in hopper if r["dtype"] != "float32" and r["kernel"] != "bwd_dkdv")
+    # fp16/bf16 on sm_90: wgmma in every kernel at every head dim (above 128, dK/dV as its dV and dK launches),
+    # except dK/dV above 128 with more state live, where no wgmma tile compiles spill-free (measured)
+    state = ("mask", "dropout", "varlen", "window", "gqa")
+    exception = [r for r in hopper if r["kernel"] == "bwd_dkdv" and r["head_dim"] > 128 and any(r[f] for f in state)]
+    assert exception and all(r["part"] == 0 for r in exception)
+    assert all(r["wgmma"] for r in hopper if r["dtype"] != "float32" and r not in exception)
+    split = [r for r in main if r["kernel"] == "bwd_dkdv" and r["part"]]
+    assert {r["part"] for r in split} == {1, 2} and all(r["arch"] == 90 and r["head_dim"] > 128 for r in split)
     assert all(r["tma"] for r in hopper if r["path"] == "tma")  # the dense sm_90 path: the copy engine
     assert {r["path"] for r in hopper} == {"tma", "ptr"}  # both paths compiled
 
@@ -87,6 +92,8 @@ def test_specialisation_is_the_jits():
     assert {r["kernel"] for r in records} == {"attn_fwd", "attn_bwd_preprocess", "attn_bwd_dkdv", "attn_bwd_dq"}
     for r in records:
         assert r["jit"] == r["check"], (r["call"], r["kernel"])
+    wide = [r for r in records if r["call"] == "dense head dim 160" and r["kernel"] == "attn_bwd_dkdv"]
+    assert len(wide) == 2  # the dV and the dK launch, each specialised as the JIT does
     # and the JIT does specialise: divisibility on the pointers, integers equal to 1 become constants
     fwd = next(r for r in records if r["kernel"] == "attn_fwd" and r["call"].startswith("dense causal"))
     names = fwd["arg_names"]

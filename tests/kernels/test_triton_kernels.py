@@ -34,6 +34,75 @@ def test_head_dims(head_dim):
     compare_backend(Backend.TRITON, random_qkv((1,), 2, 19, 23, head_dim), dtype, is_causal=True)
 
 
+def test_dkdv_above_head_dim_128_is_two_launches():
+    """Above head dim 128 on sm_90 without extra state, dK/dV runs as a dV launch and a dK launch (one accumulator
+    each leaves registers for wgmma's tiles); at 128 and below, on sm_80, or with a mask, dropout, a window, packed
+    sequences or grouped heads (no split tile is spill-free there either), one launch computes both."""
+    from kernels.triton import ops
+
+    assert ops.dkdv_parts(90, 128, 128, "plain") == (0,)
+    assert ops.dkdv_parts(90, 160, 64, "plain") == ops.dkdv_parts(90, 64, 256, "plain") == (1, 2)
+    assert ops.dkdv_parts(80, 256, 256, "plain") == ops.dkdv_parts(90, 256, 256, "tile") == (0,)
+    # dQ in halves only where the installed triton's table says so: sm_90, descriptors, head dim 256, more state
+    import triton
+
+    from kernels.triton import spill_free
+
+    halves = (1, 2) if spill_free.for_version(triton.__version__) is not spill_free.TRITON_39 else (0,)
+    assert ops.dq_parts(90, True, 256, "tile") == halves
+    assert ops.dq_parts(90, True, 256, "plain") == ops.dq_parts(80, False, 256, "tile") == (0,)
+
+
+@pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "pointers"])
+@pytest.mark.parametrize("case", ["mask+gqa+dropout", "varlen+window+dropout"])
+def test_backward_in_two_launches_equals_one(case, descriptors, monkeypatch):
+    """The split backward (dK/dV as a dV and a dK launch; dQ as one launch per half of the head dim, which
+    `tiles.dq_halves` turns on for one sm_90 row under triton 3.6; both forced here) gives exactly what the
+    one-launch kernels give for the same inputs, with every feature whose state the launches must agree on: a mask,
+    grouped heads, the dropout keep mask regenerated in each, a window, packed sequences; value head dim != key
+    head dim, and a key head dim (160) whose second half is partly padding."""
+    _skip_without_triton()
+    from kernels.triton import ops
+
+    monkeypatch.setattr(ops, "DESCRIPTORS", descriptors)  # both load/store paths (the interpreter runs either)
+    gen = torch.Generator().manual_seed(5)
+    if case.startswith("mask"):
+        q = torch.randn(2, 4, 19, 160, generator=gen).half()
+        k = torch.randn(2, 2, 23, 160, generator=gen).half()
+        v = torch.randn(2, 2, 23, 72, generator=gen).half()
+        mask = torch.rand(2, 1, 19, 23, generator=gen) > 0.3
+
+        def attend(q, k, v):
+            return kernels.scaled_dot_product_attention(q, k, v, mask, dropout_p=0.2, enable_gqa=True)
+    else:
+        cu = torch.tensor([0, 7, 30, 31])
+        q, k = (torch.randn(31, 2, 192, generator=gen).half() for _ in range(2))
+        v = torch.randn(31, 2, 192, generator=gen).half()
+        band = kernels.sliding_window(None, None, 5, 0, lower_right=True)
+
+        def attend(q, k, v):
+            return kernels.varlen_attention(q, k, v, cu, cu, attn_mask=band, dropout_p=0.2)
+
+    grad = torch.randn(*q.shape[:-1], v.size(-1), generator=gen).half()
+
+    def gradients():
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        torch.manual_seed(3)
+        with kernels.sdpa_kernel(Backend.TRITON):
+            out = attend(*leaves)
+        return (out, *torch.autograd.grad(out, leaves, grad))
+
+    monkeypatch.setattr(ops, "dkdv_parts", lambda arch, D, DV, kind: (1, 2))  # forced: these cases have state
+    monkeypatch.setattr(ops, "dq_parts", lambda arch, tma, D, kind: (1, 2))
+    split = gradients()
+    monkeypatch.setattr(ops, "dkdv_parts", lambda arch, D, DV, kind: (0,))
+    monkeypatch.setattr(ops, "dq_parts", lambda arch, tma, D, kind: (0,))
+    one = gradients()
+    for name, a, b in zip(("out", "dq", "dk", "dv"), split, one, strict=True):
+        assert a.abs().sum() > 0, name
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_head_dims_above_the_cap_say_why():
     from kernels import triton as triton_backend
 
