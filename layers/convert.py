@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ._dropout import Dropout, swap_dropout
+from ._layer import FeedForwardLayer
 from .attention import MultiheadAttention
 from .decoder import TransformerDecoder, TransformerDecoderLayer
 from .encoder import TransformerEncoder, TransformerEncoderLayer
@@ -24,16 +26,18 @@ _OURS = {
     nn.TransformerDecoder: TransformerDecoder,
     nn.Transformer: Transformer,
 }
-_TORCH = {ours: theirs for theirs, ours in _OURS.items()}
+_TORCH = {ours: theirs for theirs, ours in _OURS.items()} | {Dropout: nn.Dropout}
 
 
 def _swap(model: nn.Module, table: dict[type, type], name: str) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"layers.{name} expects a torch.nn.Module, got {type(model).__name__}")
-    for module in model.modules():
+    for module in list(model.modules()):
         target = table.get(type(module))
         if target is not None:
             module.__class__ = target
+        if name == "convert" and isinstance(module, FeedForwardLayer):
+            swap_dropout(module)  # a converted layer's own dropout modules (`layers._dropout`); not the model's others
     return model
 
 
