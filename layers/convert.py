@@ -26,7 +26,7 @@ _OURS = {
     nn.TransformerDecoder: TransformerDecoder,
     nn.Transformer: Transformer,
 }
-_TORCH = {ours: theirs for theirs, ours in _OURS.items()} | {Dropout: nn.Dropout}
+_TORCH = {ours: theirs for theirs, ours in _OURS.items()}
 
 
 def _swap(model: nn.Module, table: dict[type, type], name: str) -> nn.Module:
@@ -34,10 +34,16 @@ def _swap(model: nn.Module, table: dict[type, type], name: str) -> nn.Module:
         raise TypeError(f"layers.{name} expects a torch.nn.Module, got {type(model).__name__}")
     for module in list(model.modules()):
         target = table.get(type(module))
-        if target is not None:
-            module.__class__ = target
-        if name == "convert" and isinstance(module, FeedForwardLayer):
-            swap_dropout(module)  # a converted layer's own dropout modules (`layers._dropout`); not the model's others
+        if target is None:
+            continue
+        # a swapped layer's own dropout modules follow it (`layers._dropout`); the model's other modules stay
+        if isinstance(module, FeedForwardLayer):  # reverted: back to torch's
+            for child in module.children():
+                if type(child) is Dropout:
+                    child.__class__ = nn.Dropout
+        module.__class__ = target
+        if isinstance(module, FeedForwardLayer):  # converted
+            swap_dropout(module)
     return model
 
 
