@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ._dropout import Dropout, swap_dropout
+from ._dropout import swap_dropout
 from ._layer import FeedForwardLayer
 from .attention import MultiheadAttention
 from .decoder import TransformerDecoder, TransformerDecoderLayer
@@ -38,9 +38,7 @@ def _swap(model: nn.Module, table: dict[type, type], name: str) -> nn.Module:
             continue
         # a swapped layer's own dropout modules follow it (`layers._dropout`); the model's other modules stay
         if isinstance(module, FeedForwardLayer):  # reverted: back to torch's
-            for child in module.children():
-                if type(child) is Dropout:
-                    child.__class__ = nn.Dropout
+            swap_dropout(module, ours=False)
         module.__class__ = target
         if isinstance(module, FeedForwardLayer):  # converted
             swap_dropout(module)

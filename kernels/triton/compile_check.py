@@ -86,8 +86,7 @@ class Variant:
         m, n, w, s = self.tile
         return (
             f"{self.loop_kernel:<8} sm_{self.arch} {self.path:<3} {self.dtype:<8} d={self.head_dim:<3} {m}x{n} "
-            f"w{w} s{s} "
-            f"{'+'.join(flags) or '-'}"
+            f"w{w} s{s} {'+'.join(flags) or '-'}"
         )
 
 
@@ -261,10 +260,10 @@ def compile_variant(v: Variant) -> dict:
 
 
 def no_wgmma_tile(v: Variant) -> bool:
-    """The measured exception to ``wgmma`` on sm_90: dK/dV above head dim 128 with a mask or dropout tile, variable
-    length, a window or grouped heads (no tile of either the one-launch or the split kernel compiles spill-free with
-    it, 2026-11-27, triton 3.6 and 3.9: `ops.dkdv_parts`)."""
-    return v.kernel == "bwd_dkdv" and v.head_dim > 128 and (v.mask or v.dropout or v.varlen or v.window or v.gqa)
+    """The measured exception to ``wgmma`` on sm_90: dK/dV above head dim 128 where `ops.dkdv_parts` keeps one launch
+    (a mask or dropout tile, variable length, a window or grouped heads: no tile of either the one-launch or the
+    split kernel compiles spill-free with that state, 2026-11-27, triton 3.6 and 3.9)."""
+    return v.kernel == "bwd_dkdv" and v.head_dim > 128 and v.part == 0
 
 
 def kept(v: Variant) -> list[tuple[int, int, int, int]]:

@@ -28,7 +28,7 @@ from .bwd import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
 from .common import grid_blocks
 from .decode import attn_decode_split
 from .fwd import attn_fwd
-from .tiles import INTERPRET, PREPROCESS_BLOCK, block_dim, dq_halves, kind_of, length_key, tuned
+from .tiles import INTERPRET, PREPROCESS_BLOCK, block_dim, device_arch, dq_halves, kind_of, length_key, tuned
 
 attn_fwd_tuned, attn_bwd_dkdv_tuned, attn_bwd_dq_tuned = (tuned(k) for k in (attn_fwd, attn_bwd_dkdv, attn_bwd_dq))
 
@@ -200,9 +200,7 @@ def backward_launches(
         {"BLOCK_M": PREPROCESS_BLOCK, "BLOCK_DV": block_dim(DV)},
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    if arch is None:
-        major, minor = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (9, 0)
-        arch = 10 * major + minor
+    arch = device_arch(q) if arch is None else arch
     tma = use_tma(q, k, v, grad_out, dq, dk, dv) if tma is None else tma
     consts = _constexprs(q, v, mask_kind, dropout_p, left, right, lower_right, allow_tf32, layout, tma)
     common = (

@@ -282,7 +282,7 @@ DQ_HALVES_36: set[tuple[int, str, int, str]] = {(90, "tma", 256, "tile")}
 
 
 def dq_halves_for(version: str) -> set[tuple[int, str, int, str]]:
-    """The `DQ_HALVES` rows for a Triton version (none from 3.9 on: it keeps whole-head-dim wgmma tiles)."""
+    """The `DQ_HALVES_36` rows for a Triton version (none from 3.9 on: it keeps whole-head-dim wgmma tiles)."""
     return set() if for_version(version) is TRITON_39 else DQ_HALVES_36
 
 

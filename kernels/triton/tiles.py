@@ -75,6 +75,13 @@ def bucket_of(block_d: int) -> int:
     return next(b for b in (64, 128, 256) if block_d <= b)
 
 
+def device_arch(t: torch.Tensor) -> int:
+    """The compute capability kernels for ``t`` are compiled for, as ``10 * major + minor`` (90 for CPU tensors:
+    the interpreter, and the offline check's example launches)."""
+    major, minor = torch.cuda.get_device_capability(t.device) if t.device.type == "cuda" else (9, 0)
+    return 10 * major + minor
+
+
 def arch_of(capability: int) -> int:
     return 90 if capability >= 90 else 80
 
@@ -87,7 +94,7 @@ def kept_tiles(kernel: str, arch: int, use_tma: bool, block_d: int, kind: str) -
 
 def dq_halves(arch: int, use_tma: bool, block_d: int, kind: str) -> bool:
     """Whether dQ runs as two launches, each over half of the head dim (`attn_bwd_dq`): where the installed
-    Triton keeps no spill-free ``wgmma`` tile for the whole head dim (`spill_free.DQ_HALVES`)."""
+    Triton keeps no spill-free ``wgmma`` tile for the whole head dim (`spill_free.dq_halves_for`)."""
     row = (arch_of(arch), "tma" if use_tma else "ptr", bucket_of(block_d), kind)
     return row in spill_free.dq_halves_for(triton.__version__)
 
@@ -134,7 +141,6 @@ def prune_for(kernel: str):
             return [c for c in candidates if _tile(c) == _forced[kernel]]
         args = {**named_args, **kwargs}
         q = args["Q"]
-        major, minor = torch.cuda.get_device_capability(q.device) if q.device.type == "cuda" else (9, 0)
         block_d = max(args["BLOCK_D"], args["BLOCK_DV"])
         kind = kind_of(
             kernel,
@@ -145,7 +151,7 @@ def prune_for(kernel: str):
             args["HAS_LEFT"],
             args["GROUP"] != 1,
         )
-        allowed = kept_tiles(kernel, 10 * major + minor, bool(args["USE_TMA"]), block_d, kind)
+        allowed = kept_tiles(kernel, device_arch(q), bool(args["USE_TMA"]), block_d, kind)
         return [c for c in candidates if _tile(c) in allowed] or candidates[-1:]
 
     return prune
