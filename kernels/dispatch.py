@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from . import triton as fused
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
-from .preferences import torch_first
+from .preferences import torch_first, torch_priority
 from .reference import attention_reference
 from .window import with_bands
 
@@ -31,7 +31,8 @@ def torch_sdpa(
 
     torch's CPU kernels return 0 for a row with nothing to attend to (checked by the tests); its CUDA
     kernels are not documented to, so elsewhere such rows attend to everything and are then zeroed:
-    the kernel never sees an all ``-inf`` row, and the zeroed rows pass no gradient back.
+    the kernel never sees an all ``-inf`` row, and the zeroed rows pass no gradient back. Where a GPU sweep
+    measured the call's case, torch tries its fastest kernel first (`kernels.preferences.torch_priority`).
     """
     if guard_empty_rows is None:
         guard_empty_rows = query.device.type != "cpu"
@@ -45,16 +46,19 @@ def torch_sdpa(
         else:
             empty = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
             attn_mask = attn_mask.masked_fill(empty, 0.0)
-    out = F.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=attn_mask,
-        dropout_p=dropout_p,
-        is_causal=is_causal,
-        scale=scale,
-        enable_gqa=enable_gqa,
-    )
+    measured = query.device.type != "cpu" and attn_mask is None  # the sweep measures unmasked calls
+    priority = torch_priority(query, key, None, is_causal) if measured else None
+    with priority or contextlib.nullcontext():
+        out = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
+            enable_gqa=enable_gqa,
+        )
     return out if empty is None else out.masked_fill(empty, 0.0)
 
 

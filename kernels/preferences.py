@@ -7,12 +7,18 @@ On CUDA the dispatcher tries ``TRITON`` first, except for the cases a kernel swe
 says so with the measured reason. Calls that use what only this package has (nested inputs, bands other than
 top-left causal) keep ``TRITON`` first. A card or a case never measured keeps the default order.
 
+``TORCH`` then runs the torch kernel the sweep measured fastest (`torch_priority`), not the one torch would pick:
+torch 2.11 tries flash before cuDNN, and on an H200 cuDNN was 1.7x faster than torch's flash at d=128, fp16,
+while this package's kernel was between the two (docs/benchmarks.md, GPU runs). bfloat16 calls use the float16
+measurement of the same case until bfloat16 is measured (the same kernels and tensor-core rate on both).
+
 ``python -m kernels.preferences SWEEP.json`` writes the file from a sweep's JSON (see docs/decisions.md).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import pathlib
 import sys
@@ -20,6 +26,15 @@ import sys
 import torch
 
 from .masks import band_of
+
+try:
+    from torch.nn.attention import SDPBackend
+    from torch.nn.attention import sdpa_kernel as torch_sdpa_kernel
+
+    if "set_priority" not in inspect.signature(torch_sdpa_kernel).parameters:
+        raise ImportError("torch.nn.attention.sdpa_kernel has no set_priority")
+except ImportError:  # an older torch: no priority order to set
+    SDPBackend = torch_sdpa_kernel = None
 
 FILE = pathlib.Path(__file__).with_name("measured_order.json")
 SLOWER = 1.05  # TRITON time / torch's best above this (beyond noise): torch goes first
@@ -37,48 +52,119 @@ def _table() -> dict:
     return json.loads(FILE.read_text()) if FILE.exists() else {}
 
 
-def torch_first(query: torch.Tensor, key: torch.Tensor | None, attn_mask: object, is_causal: bool) -> str | None:
-    """The measured reason to try ``TORCH`` before ``TRITON`` for this call, or None."""
+@functools.lru_cache(maxsize=8)
+def _card(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device)
+
+
+def _entry(query: torch.Tensor, key: torch.Tensor | None, attn_mask: object, is_causal: bool) -> dict | None:
+    """The measured entry for a call torch serves fully, or None (CPU, nested, a band torch has no kernel for)."""
     if query.device.type != "cuda" or query.is_nested or key is None:
         return None
     band = band_of(attn_mask)
     if band is not None and not band.is_causal_upper_left():
         return None  # a band torch has no kernel for: only TRITON skips its blocks
     causal = is_causal or band is not None
-    return measured_reason(_table(), torch.cuda.get_device_name(query.device), query.dtype, query.size(-1), causal,
-                           query.size(-2))  # fmt: skip
+    return lookup(_table(), _card(query.device), query.dtype, query.size(-1), causal, query.size(-2))
 
 
-def measured_reason(table: dict, card: str, dtype, head_dim: int, causal: bool, length: int) -> str | None:
-    """The entry of ``table`` for this card and case, as a reason, or None."""
-    entry = table.get(card, {}).get(_case(dtype, head_dim, causal, length))
-    if entry is None:
-        return None
+def torch_first(query: torch.Tensor, key: torch.Tensor | None, attn_mask: object, is_causal: bool) -> str | None:
+    """The measured reason to try ``TORCH`` before ``TRITON`` for this call, or None."""
+    entry = _entry(query, key, attn_mask, is_causal)
+    return None if entry is None else reason(entry)
+
+
+def lookup(table: dict, card: str, dtype, head_dim: int, causal: bool, length: int) -> dict | None:
+    """The entry of ``table`` for this card and case (a bfloat16 case falls back to its float16 measurement,
+    marked ``"measured_dtype"``), or None."""
+    cases = table.get(card, {})
+    entry = cases.get(_case(dtype, head_dim, causal, length))
+    if entry is None and str(dtype).removeprefix("torch.") == "bfloat16":
+        entry = cases.get(_case("float16", head_dim, causal, length))
+        entry = None if entry is None else {**entry, "measured_dtype": "float16"}
+    return None if entry is None else {**entry, "card": card}
+
+
+def reason(entry: dict) -> str:
+    """An entry of `lookup` as the sentence `kernels.explain` shows."""
+    on = f", on {entry['measured_dtype']}" if "measured_dtype" in entry else ""
+    where = f"{entry['card']} ({entry['date']}{on}"
     return (
-        f"measured slower than torch's {entry['torch_kernel']} on {card} ({entry['date']}): "
+        f"measured slower than torch's {entry['torch_kernel']} on {where}): "
         f"{entry['ratio']:.2f}x its time for {entry['pass']} at this size"
     )
 
 
+def measured_reason(table: dict, card: str, dtype, head_dim: int, causal: bool, length: int) -> str | None:
+    """The entry of ``table`` for this card and case, as a reason, or None."""
+    entry = lookup(table, card, dtype, head_dim, causal, length)
+    return None if entry is None else reason(entry)
+
+
+_TORCH_KERNELS = {  # the sweep's names of torch's kernels -> (torch's backend, whether torch enables it now)
+    "flash": ("FLASH_ATTENTION", "flash_sdp_enabled"),
+    "efficient": ("EFFICIENT_ATTENTION", "mem_efficient_sdp_enabled"),
+    "cuDNN": ("CUDNN_ATTENTION", "cudnn_sdp_enabled"),
+    "math": ("MATH", "math_sdp_enabled"),
+}
+
+
+def priority_order(best: str, enabled: dict[str, bool]) -> list[str] | None:
+    """torch's kernels in the order to try them: the measured ``best`` first, then the others in torch's own order,
+    only those ``enabled`` (a ``torch.nn.attention.sdpa_kernel`` block of the caller's is respected); None where the
+    best one is not enabled or unknown (torch's own choice stands)."""
+    if not enabled.get(best):
+        return None
+    rest = [name for name in ("flash", "efficient", "cuDNN", "math") if name != best and enabled.get(name)]
+    return [best, *rest]
+
+
+def torch_priority(query: torch.Tensor, key: torch.Tensor, attn_mask: object, is_causal: bool):
+    """A ``torch.nn.attention.sdpa_kernel(..., set_priority=True)`` block that makes torch try the kernel measured
+    fastest for this call first, or None (nothing measured, CPU, tracing, or an older torch)."""
+    if torch_sdpa_kernel is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    entry = _entry(query, key, attn_mask, is_causal)
+    if entry is None:
+        return None
+    enabled = {name: getattr(torch.backends.cuda, flag)() for name, (_, flag) in _TORCH_KERNELS.items()}
+    order = priority_order(entry["torch_kernel"], enabled)
+    if order is None:
+        return None
+    return torch_sdpa_kernel([getattr(SDPBackend, _TORCH_KERNELS[n][0]) for n in order], set_priority=True)
+
+
+def _training_ms(times: dict, variant: str, shape: tuple) -> tuple[float, str] | None:
+    """A variant's time for forward + backward at one shape: the fwd+bwd point, else its fwd and bwd points added
+    (a sweep whose time budget ran out before the fwd+bwd pass of a length), with the pass it came from."""
+    both = times.get((variant, "fwd+bwd", *shape))
+    if both:
+        return both, "fwd+bwd"
+    fwd, bwd = times.get((variant, "fwd", *shape)), times.get((variant, "bwd", *shape))
+    return (fwd + bwd, "fwd and bwd") if fwd and bwd else None
+
+
 def from_sweep(path: pathlib.Path) -> dict:
-    """The cases of a sweep's JSON where TRITON (fwd + bwd) was slower than torch's best kernel."""
+    """The cases of a sweep's JSON where TRITON (forward + backward) was slower than torch's best kernel."""
     data = json.loads(path.read_text())
     device, date = data.get("device", "unknown"), data.get("date", "")
+    times = {(p["variant"], p["step"], p["dtype"], p["head_dim"], p["causal"], p["seq_len"]): p["ms"]
+             for p in data["points"] if p.get("ms")}  # fmt: skip
+    shapes = sorted({key[2:] for key in times}, key=str)
+    torch_variants = sorted({key[0] for key in times if key[0].startswith("torch")})
     cases: dict[str, dict] = {}
-    for p in data["points"]:
-        if p["step"] != "fwd+bwd" or p["variant"] != "TRITON" or p["vs_best_torch"] is None:
+    for shape in shapes:
+        ours = _training_ms(times, "TRITON", shape)
+        if ours is None:
             continue
-        if p["vs_best_torch"] > SLOWER:
-            best = min(
-                (q for q in data["points"] if q["variant"].startswith("torch") and q["ms"] and
-                 (q["step"], q["dtype"], q["head_dim"], q["causal"], q["seq_len"]) ==
-                 (p["step"], p["dtype"], p["head_dim"], p["causal"], p["seq_len"])),
-                key=lambda q: q["ms"],
-            )  # fmt: skip
-            cases[_case(p["dtype"], p["head_dim"], p["causal"], p["seq_len"])] = {
-                "ratio": round(p["vs_best_torch"], 3), "torch_kernel": best["variant"].removeprefix("torch "),
-                "pass": p["step"], "date": date,
-            }  # fmt: skip
+        # torch's kernels timed the same way (fwd+bwd against fwd+bwd, or fwd and bwd added against the same)
+        theirs = [(t, v) for v in torch_variants if (t := _training_ms(times, v, shape)) and t[1] == ours[1]]
+        if not theirs:
+            continue
+        (best_ms, step), best = min(theirs)
+        if ours[0] / best_ms > SLOWER:
+            cases[_case(*shape)] = {"ratio": round(ours[0] / best_ms, 3), "torch_kernel": best.removeprefix("torch "),
+                                    "pass": step, "date": date}  # fmt: skip
     return {device: cases}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -13,6 +14,7 @@ from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
 from .dispatch import DENSE, profiled, select, unavailable_reasons
 from .masks import band_of
+from .preferences import torch_priority
 from .reference import attention_probs, repeat_kv
 
 __all__ = ["Explanation", "attention_with_weights", "explain", "scaled_dot_product_attention"]
@@ -250,14 +252,18 @@ def _detail(
         how = "torch's dense SDPA" if backend is Backend.TORCH else "the reference attention"
         return f"{how} on buckets of similar lengths: {n} call(s) for {query.size(0)} sequences"
     if backend is Backend.TORCH:
+        # the priority `dispatch.torch_sdpa` sets where a sweep measured this case on this card
+        priority = torch_priority(query, key, None, is_causal) if query.is_cuda and attn_mask is None else None
         try:  # a private torch function: if it moves, explain still answers
-            choice = torch._fused_sdp_choice(
-                query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
-            )
+            with priority or contextlib.nullcontext():
+                choice = torch._fused_sdp_choice(
+                    query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa
+                )
             kernel = _TORCH_KERNELS.get(int(choice), f"backend {int(choice)}")
         except (AttributeError, RuntimeError, TypeError):
             kernel = "a kernel of its choice"
-        return f"torch.nn.functional.scaled_dot_product_attention, which picks {kernel}"
+        measured = ", tried first as the fastest measured on this card" if priority else ""
+        return f"torch.nn.functional.scaled_dot_product_attention, which picks {kernel}{measured}"
     if backend is Backend.MATH:
         return "kernels.reference.attention_reference, step by step in the input dtype"
     return "the fused Triton kernel"

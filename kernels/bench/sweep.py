@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> list[Point]:
     panels = {}
     for p in points:
         panel = f"{p.step}, {p.dtype}, D={p.head_dim}{', causal' if p.causal else ''}"
-        panels.setdefault(panel, {}).setdefault(p.variant, []).append((p.seq_len, p.tflops))
+        if p.tflops:  # a shape the time budget skipped draws no empty panel
+            panels.setdefault(panel, {}).setdefault(p.variant, []).append((p.seq_len, p.tflops))
     plotted = line_charts(png_path, f"Attention kernels on {args.device}: TFLOP/s vs sequence length", panels)
     print(format_tables(points, args))
     print(f"\nwrote {json_path}" + (f" and {png_path}" if plotted else ""))

@@ -74,7 +74,7 @@ class DecodeRow:
     compiled_speedup: float | None = None  # without / compiled (median of the per-round ratios)
     compiled_speedup_min: float | None = None
     compiled_speedup_max: float | None = None
-    goal: float = 5.0
+    goal: float | None = 5.0  # issue #13's goal is for CPU; on a GPU a step this small is launch-bound: none
 
 
 def run(args: argparse.Namespace) -> tuple[list[DecodeRow], dict]:
@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> tuple[list[DecodeRow], dict]:
             f"batch {batch}, {args.new_tokens} new tokens", statistics.median(times["without"]) * 1e3,
             statistics.median(times["with"]) * 1e3, statistics.median(ratios), min(ratios), max(ratios),
             batch * args.new_tokens / statistics.median(times["with"]),
+            goal=5.0 if args.device == "cpu" else None,
         )  # fmt: skip
         if compiled is not None:
             ratios = [a / b for a, b in zip(times["without"], times["compiled"], strict=True)]
@@ -147,7 +148,7 @@ def format_table(rows: list[DecodeRow], kernel: dict, args: argparse.Namespace) 
 
     def line(r: DecodeRow, what: str, ms: float, speedup: float, lo: float, hi: float) -> str:
         tokens_per_s = r.tokens_per_s * r.with_ms / ms  # the same tokens in another time
-        verdict = f">= {r.goal:.0f}x ({'met' if speedup >= r.goal else 'NOT met'})"
+        verdict = f">= {r.goal:.0f}x ({'met' if speedup >= r.goal else 'NOT met'})" if r.goal else "- (a CPU goal)"
         return (f"{r.case:<28} {what:<9} {r.without_ms:>12.1f} {ms:>10.1f} {speedup:>8.1f}x {lo:>5.1f}..{hi:<5.1f} "
                 f"{tokens_per_s:>9.0f}  {verdict}")  # fmt: skip
 

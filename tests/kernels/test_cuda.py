@@ -184,3 +184,23 @@ def test_compiled_layer_does_not_recompile_across_lengths_and_varlen_step_does_n
         compiled(x)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_a_measured_case_runs_torchs_fastest_kernel_first():
+    """Where a sweep on this card measured TRITON slower (kernels/measured_order.json), the default order runs
+    TORCH, and torch runs the kernel measured fastest (not the one torch would pick): bitwise its output."""
+    from torch.nn.attention import SDPBackend
+    from torch.nn.attention import sdpa_kernel as torch_sdpa_kernel
+
+    from kernels import preferences
+
+    q, k, v = (torch.randn(2, 4, 4096, 128, device="cuda", dtype=torch.float16) for _ in range(3))
+    entry = preferences.lookup(preferences._table(), torch.cuda.get_device_name(), q.dtype, 128, False, 4096)
+    if entry is None:
+        pytest.skip(f"no measured case for {torch.cuda.get_device_name()} at d=128 fp16 L=4096")
+    assert "TORCH goes first" in str(kernels.explain(q, k, v))
+    fastest = {"cuDNN": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+               "efficient": SDPBackend.EFFICIENT_ATTENTION}[entry["torch_kernel"]]  # fmt: skip
+    with torch_sdpa_kernel([fastest]):
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(kernels.scaled_dot_product_attention(q, k, v), expected)

@@ -43,3 +43,55 @@ def test_from_sweep_keeps_the_cases_where_triton_is_slower(tmp_path):
 def test_cpu_calls_and_unmeasured_cards_keep_the_default_order():
     q = torch.randn(1, 2, 8, 16)
     assert preferences.torch_first(q, q, None, False) is None
+
+
+def test_a_length_without_its_fwd_bwd_pass_adds_fwd_and_bwd(tmp_path):
+    # a sweep whose time budget ended before the fwd+bwd pass of L=16k timed fwd and bwd alone there
+    points = [
+        sweep_point("TRITON", 2.0, step="fwd", seq_len=16384), sweep_point("TRITON", 5.0, step="bwd", seq_len=16384),
+        sweep_point("torch cuDNN", 1.5, step="fwd", seq_len=16384),
+        sweep_point("torch cuDNN", 3.0, step="bwd", seq_len=16384),
+        sweep_point("torch flash", 2.2, step="fwd", seq_len=16384),  # no bwd: not comparable, ignored
+    ]  # fmt: skip
+    path = tmp_path / "kernels_sweep.json"
+    path.write_text(json.dumps({"device": "NVIDIA H200", "date": "2026-11-27", "points": points}))
+    entry = preferences.from_sweep(path)["NVIDIA H200"]["float16/d128/full/L16384"]
+    assert entry == {"ratio": round(7.0 / 4.5, 3), "torch_kernel": "cuDNN", "pass": "fwd and bwd", "date": "2026-11-27"}
+
+
+def test_bfloat16_uses_the_float16_measurement_and_says_so():
+    table = {"NVIDIA H200": {"float16/d128/causal/L4096": {"ratio": 1.5, "torch_kernel": "cuDNN", "pass": "fwd+bwd",
+                                                           "date": "2026-11-27"}}}  # fmt: skip
+    reason = preferences.measured_reason(table, "NVIDIA H200", torch.bfloat16, 128, True, 4096)
+    assert reason == (
+        "measured slower than torch's cuDNN on NVIDIA H200 (2026-11-27, on float16): 1.50x its time for fwd+bwd at "
+        "this size"
+    )
+    assert preferences.measured_reason(table, "NVIDIA H200", torch.float32, 128, True, 4096) is None
+    table["NVIDIA H200"]["bfloat16/d128/causal/L4096"] = {**table["NVIDIA H200"]["float16/d128/causal/L4096"],
+                                                          "ratio": 1.2}  # fmt: skip
+    assert "1.20x" in preferences.measured_reason(table, "NVIDIA H200", torch.bfloat16, 128, True, 4096)
+
+
+def test_torch_tries_the_measured_kernel_first_among_those_enabled():
+    everything = {"flash": True, "efficient": True, "cuDNN": True, "math": True}
+    assert preferences.priority_order("cuDNN", everything) == ["cuDNN", "flash", "efficient", "math"]
+    assert preferences.priority_order("efficient", {**everything, "math": False}) == ["efficient", "flash", "cuDNN"]
+    # the caller restricted torch (torch.nn.attention.sdpa_kernel) to other kernels: torch's own choice stands
+    assert preferences.priority_order("cuDNN", {**everything, "cuDNN": False}) is None
+    assert preferences.priority_order("a kernel of a later torch", everything) is None
+
+
+def test_the_recorded_table_names_torch_kernels_this_module_knows():
+    """Every entry of the shipped measured_order.json can be turned into a priority order (a sweep's names)."""
+    everything = dict.fromkeys(("flash", "efficient", "cuDNN", "math"), True)
+    table = json.loads(preferences.FILE.read_text()) if preferences.FILE.exists() else {}
+    for card, cases in table.items():
+        for case, entry in cases.items():
+            assert preferences.priority_order(entry["torch_kernel"], everything), (card, case)
+            assert entry["ratio"] > preferences.SLOWER, (card, case)
+
+
+def test_cpu_calls_run_torch_without_a_priority_block():
+    q = torch.randn(1, 2, 8, 16)
+    assert preferences.torch_priority(q, q, None, True) is None
