@@ -45,14 +45,17 @@ KERNEL_NAMES = {
     "bwd_dkdv": "attn_bwd_dkdv",
     "bwd_dq": "attn_bwd_dq",
     "bwd_pre": "attn_bwd_preprocess",
+    "decode": "attn_decode_split",
+    "decode_combine": "attn_decode_combine",
 }
+NO_MATMUL = ("bwd_pre", "decode_combine")  # kernels without a matrix product (no tile, no loop profile)
 # The static-profile goals of the kernels issue, fp16, sm_90, no mask, no dropout, best kept tile.
 LOOP_GOALS = {("fwd", 128): 520, ("fwd", 64): 1050, ("bwd_dq", 128): 650, ("bwd_dkdv", 128): 650}
 
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    kernel: str  # "fwd", "bwd_dkdv", "bwd_dq", "bwd_pre"
+    kernel: str  # "fwd", "bwd_dkdv", "bwd_dq", "bwd_pre", "decode", "decode_combine"
     arch: int
     dtype: str = "float16"
     head_dim: int = 128
@@ -99,6 +102,8 @@ def _example_launch(v: Variant):
     dtype = getattr(torch, v.dtype)
     B, H, D = 4, 16, v.head_dim
     Hk = H // 4 if v.gqa else H
+    if v.kernel.startswith("decode"):
+        return _example_decode_launch(v, B, H, Hk, D, dtype)
     L, S = (1000, 1003) if v.odd else (1024, 1024)
     gen = torch.Generator().manual_seed(0)
     seed = torch.zeros(1, dtype=torch.int64) if v.dropout else None
@@ -131,6 +136,22 @@ def _example_launch(v: Variant):
     )  # fmt: skip
 
 
+def _example_decode_launch(v: Variant, B: int, H: int, Hk: int, D: int, dtype):
+    """A decoding step as `layers.CausalSelfAttention` makes it: one new token, queries ``(B, T, H, D)`` and a
+    `layers.KVCache` ``(B, max_len, Hk, D)``, both seen head-first; lengths int64."""
+    import torch
+
+    from . import ops
+
+    gen = torch.Generator().manual_seed(0)
+    max_len = 1000 if v.odd else 4096
+    q = torch.randn(B, 1, H, D, generator=gen).to(dtype).transpose(1, 2)
+    k, v_ = (torch.randn(B, max_len, Hk, D, generator=gen).to(dtype).transpose(1, 2) for _ in range(2))
+    lengths = torch.tensor([max_len, 17, 900, 1], dtype=torch.int64)
+    launches, _ = ops.decode_launches(q, k, v_, lengths, 1 / math.sqrt(D), v.dtype == "float32")
+    return launches[0 if v.kernel == "decode" else 1]
+
+
 def with_parts(v: Variant) -> list[Variant]:
     """``v``, or its launches where the kernel runs in two (dK/dV in `ops.dkdv_parts`' cases: dV and dK; dQ in
     `tiles.dq_halves`' rows: one per half of the head dim), each a compile of its own."""
@@ -139,14 +160,14 @@ def with_parts(v: Variant) -> list[Variant]:
     from .ops import dkdv_parts, dq_parts
     from .tiles import kind_of
 
+    if v.kernel not in ("bwd_dkdv", "bwd_dq"):
+        return [v]
     kernel, dtype = KERNEL_NAMES[v.kernel], getattr(torch, v.dtype)
     kind = kind_of(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
     if v.kernel == "bwd_dkdv":
         parts = dkdv_parts(v.arch, v.head_dim, v.head_dim, kind)
-    elif v.kernel == "bwd_dq":
-        parts = dq_parts(v.arch, v.path == "tma", v.head_dim, kind)
     else:
-        return [v]
+        parts = dq_parts(v.arch, v.path == "tma", v.head_dim, kind)
     return [dataclasses.replace(v, part=part) for part in parts]
 
 
@@ -178,7 +199,7 @@ def variant_call(v: Variant):
     fn = fn.fn if isinstance(fn, triton.runtime.Autotuner) else fn  # the JITFunction behind the autotuner
     m, n, w, s = v.tile
     kwargs = dict(launch.kwargs)
-    if v.kernel != "bwd_pre":
+    if v.kernel in ("fwd", "bwd_dkdv", "bwd_dq"):  # the autotuned kernels; the others' launch fixes its tile
         kwargs.update(BLOCK_M=m, BLOCK_N=n)
     return fn, launch.args, {**kwargs, "num_warps": w, "num_stages": s}
 
@@ -249,7 +270,7 @@ def compile_variant(v: Variant) -> dict:
         problems.append(f"shared memory {report['shared_bytes']} B > {SHARED_LIMIT[v.arch]} B")
     if spills:
         problems.append(f"spills {spills} B")
-    if v.kernel != "bwd_pre":
+    if v.kernel not in NO_MATMUL:
         if not (wgmma or mma):
             problems.append("no mma/wgmma instructions")
         elif v.arch >= 90 and v.dtype != "float32" and not wgmma and not no_wgmma_tile(v):
@@ -263,7 +284,18 @@ def no_wgmma_tile(v: Variant) -> bool:
     """The measured exception to ``wgmma`` on sm_90: dK/dV above head dim 128 where `ops.dkdv_parts` keeps one launch
     (a mask or dropout tile, variable length, a window or grouped heads: no tile of either the one-launch or the
     split kernel compiles spill-free with that state, 2026-11-27, triton 3.6 and 3.9)."""
-    return v.kernel == "bwd_dkdv" and v.head_dim > 128 and v.part == 0
+    return (v.kernel == "bwd_dkdv" and v.head_dim > 128 and v.part == 0) or v.kernel == "decode"
+
+
+# The decode kernel's launch fixes its tile: the rows of one key/value head's new queries (at least 16, `tl.dot`'s
+# minimum: too few for wgmma's 64, so mma.sync; the kernel is bound by reading the cache), 64 keys a step.
+DECODE_TILE = (16, 64, 4, 2)
+DECODE_COMBINE_TILE = (16, 0, 4, 1)
+DECODE_VARIANTS = [  # one new token over a 4096-slot cache: dtypes, GQA (4 heads a key head) or not, odd head dims
+    {"dtype": "float16", "gqa": True},
+    {"dtype": "bfloat16", "head_dim": 64},
+    {"dtype": "float32", "head_dim": 24, "odd": True, "gqa": True},
+]
 
 
 def kept(v: Variant) -> list[tuple[int, int, int, int]]:
@@ -272,6 +304,8 @@ def kept(v: Variant) -> list[tuple[int, int, int, int]]:
 
     if v.kernel == "bwd_pre":
         return [(0, 0, 4, 1)]
+    if v.kernel.startswith("decode"):
+        return [DECODE_TILE if v.kernel == "decode" else DECODE_COMBINE_TILE]
     import torch
 
     kernel = KERNEL_NAMES[v.kernel]
@@ -300,6 +334,9 @@ def variants(full: bool, archs: tuple[int, ...]) -> list[Variant]:
     out = []
     for arch in archs:
         out += [Variant("bwd_pre", arch, dtype, tile=(0, 0, 4, 1)) for dtype in DTYPES]
+        for change in DECODE_VARIANTS:  # pointers only: the cache is read through its lengths
+            out += [Variant(kernel, arch, **change, tma=False, tile=kept(Variant(kernel, arch))[0])
+                    for kernel in ("decode", "decode_combine")]  # fmt: skip
         for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
             if full:
                 grid = itertools.product(DTYPES, HEAD_DIMS, (False, True), (0, 1, 2), (False, True), (False, True))

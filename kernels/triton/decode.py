@@ -1,5 +1,6 @@
 r"""Attention of a few new queries over a long key/value cache (flash-decoding): the keys are split across programs,
-each computing a partial softmax, and a combine step merges them.
+each computing a partial softmax, and a second kernel merges them (`attn_decode_combine`: one launch instead of a
+dozen torch operations, each reading the partials again; a small model's decoding step is bound by launches).
 
 Program ``(split, batch x key/value head)`` takes the ``T * GROUP`` query rows that share its key/value head (the
 ``T`` newest tokens of each of the ``GROUP`` query heads: row ``r`` is token ``r // GROUP`` of head
@@ -74,6 +75,41 @@ def attn_decode_split(
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
     out = (bh.to(tl.int64) * tl.num_programs(0) + split) * BLOCK_M
-    tl.store(Acc + (out + rows)[:, None] * BLOCK_DV + offs_dv[None, :], acc)
-    tl.store(M + out + rows, m_i)
-    tl.store(L_sum + out + rows, l_i)
+    # the padding rows (a block holds at least 16) are never combined: not written
+    tl.store(Acc + (out + rows)[:, None] * BLOCK_DV + offs_dv[None, :], acc, mask=row_ok[:, None])
+    tl.store(M + out + rows, m_i, mask=row_ok)
+    tl.store(L_sum + out + rows, l_i, mask=row_ok)
+
+
+@triton.jit
+def attn_decode_combine(
+    Acc, M, L_sum, Out, stride_ob, stride_oh, stride_ot, HK, GROUP, T, DV, splits,
+    BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
+):  # fmt: skip
+    """Merge the partial softmaxes of one ``batch x key/value head`` (program 0) over its ``splits`` (the formula in
+    the module docstring, online: one pass over the splits) into ``Out (B, H, T, DV)``, in its dtype."""
+    bh = tl.program_id(0)
+    b = (bh // HK).to(tl.int64)
+    h_kv = bh % HK
+    rows = tl.arange(0, BLOCK_M)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = rows < T * GROUP
+    m_run = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_run = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
+    for split in range(0, splits):
+        base = (bh.to(tl.int64) * splits + split) * BLOCK_M
+        m_s = tl.load(M + base + rows, mask=row_ok, other=float("-inf"))
+        l_s = tl.load(L_sum + base + rows, mask=row_ok, other=0.0)
+        a_s = tl.load(Acc + (base + rows)[:, None] * BLOCK_DV + offs_dv[None, :], mask=row_ok[:, None], other=0.0)
+        m_new = tl.maximum(m_run, m_s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no keys so far: both weights 0
+        old, new = tl.math.exp2(m_run - m_safe), tl.math.exp2(m_s - m_safe)
+        l_run = l_run * old + l_s * new
+        acc = acc * old[:, None] + a_s * new[:, None]
+        m_run = m_new
+    out = acc / tl.where(l_run == 0.0, 1.0, l_run)[:, None]  # a row with no keys at all: 0
+    t = rows // GROUP
+    h = h_kv * GROUP + rows % GROUP
+    ptrs = Out + b * stride_ob + h[:, None] * stride_oh + t[:, None] * stride_ot + offs_dv[None, :]
+    tl.store(ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & (offs_dv[None, :] < DV))

@@ -26,7 +26,7 @@ import triton
 from ..masks import band_of
 from .bwd import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
 from .common import grid_blocks
-from .decode import attn_decode_split
+from .decode import attn_decode_combine, attn_decode_split
 from .fwd import attn_fwd
 from .tiles import INTERPRET, PREPROCESS_BLOCK, block_dim, device_arch, dq_halves, kind_of, length_key, tuned
 
@@ -148,6 +148,7 @@ class Launch:
 
 KERNELS = {
     "attn_decode_split": attn_decode_split,
+    "attn_decode_combine": attn_decode_combine,
     "attn_fwd": attn_fwd_tuned,
     "attn_bwd_preprocess": attn_bwd_preprocess,
     "attn_bwd_dkdv": attn_bwd_dkdv_tuned,
@@ -482,8 +483,8 @@ DECODE_BLOCK_N = 64
 DECODE_SPLIT = 256  # keys per program (a multiple of DECODE_BLOCK_N): long caches get many programs
 
 
-def decode_launch(q, k_cache, v_cache, lengths, scale: float, allow_tf32: bool):
-    """The split launch of `decode_attention` and its partial outputs ``(launch, acc, m, l)``."""
+def decode_launches(q, k_cache, v_cache, lengths, scale: float, allow_tf32: bool) -> tuple[list[Launch], torch.Tensor]:
+    """The launches of `decode_attention` (the split kernel, then the combine) and the output they fill."""
     q, k_cache, v_cache = (contiguous_last(t) for t in (q, k_cache, v_cache))
     B, H, T, D = q.shape
     Hk, max_len, DV = k_cache.size(1), k_cache.size(2), v_cache.size(-1)
@@ -493,6 +494,7 @@ def decode_launch(q, k_cache, v_cache, lengths, scale: float, allow_tf32: bool):
     acc = torch.empty(B * Hk, splits, block_m, block_dim(DV), device=q.device, dtype=torch.float32)
     m = torch.empty(B * Hk, splits, block_m, device=q.device, dtype=torch.float32)
     l_sum = torch.empty_like(m)
+    out = q.new_empty(B, H, T, DV)
     args = (
         q, k_cache, v_cache, lengths, acc, m, l_sum, *q.stride()[:3], *k_cache.stride()[:3], *v_cache.stride()[:3],
         Hk, group, T, D, DV, DECODE_SPLIT, scale,
@@ -502,7 +504,12 @@ def decode_launch(q, k_cache, v_cache, lengths, scale: float, allow_tf32: bool):
         "BLOCK_M": block_m, "BLOCK_N": DECODE_BLOCK_N, "BLOCK_D": block_dim(D), "BLOCK_DV": block_dim(DV),
         "num_warps": 4, "num_stages": 2,
     }  # fmt: skip
-    return Launch("attn_decode_split", (splits, B * Hk), args, kwargs), acc, m, l_sum
+    split = Launch("attn_decode_split", (splits, B * Hk), args, kwargs)
+    combine = Launch(
+        "attn_decode_combine", (B * Hk,), (acc, m, l_sum, out, *out.stride()[:3], Hk, group, T, DV, splits),
+        {"BLOCK_M": block_m, "BLOCK_DV": block_dim(DV), "num_warps": 4, "num_stages": 1},
+    )  # fmt: skip
+    return [split, combine], out
 
 
 @torch.library.custom_op("fusedlayers::decode_attention", mutates_args=())
@@ -510,16 +517,10 @@ def decode_attention_op(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float, allow_tf32: bool
 ) -> torch.Tensor:
     """``q (B, H, T, D)``, caches ``(B, Hk, max_len, *)``, ``lengths (B,)`` -> ``(B, H, T, Dv)`` (`decode.py`)."""
-    launch, acc, m, l_sum = decode_launch(q, k_cache, v_cache, lengths, scale, allow_tf32)
-    _run(launch)
-    B, H, T, _ = q.shape
-    Hk, DV = k_cache.size(1), v_cache.size(-1)
-    top = m.amax(dim=1, keepdim=True)  # combine the splits: (B * Hk, 1, rows)
-    weight = torch.exp2(m - torch.where(torch.isinf(top), 0.0, top))  # 0 for splits without keys
-    total = (weight * l_sum).sum(dim=1)  # (B * Hk, rows)
-    out = (weight[..., None] * acc).sum(dim=1) / torch.where(total == 0, 1.0, total)[..., None]
-    out = out[:, : T * (H // Hk), :DV].unflatten(1, (T, H // Hk))  # (B * Hk, T, group, Dv): row r = (t, g)
-    return out.unflatten(0, (B, Hk)).permute(0, 1, 3, 2, 4).reshape(B, H, T, DV).to(q.dtype)
+    launches, out = decode_launches(q, k_cache, v_cache, lengths, scale, allow_tf32)
+    for launch in launches:
+        _run(launch)
+    return out
 
 
 @decode_attention_op.register_fake

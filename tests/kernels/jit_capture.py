@@ -60,40 +60,46 @@ def main() -> None:
         ("dense head dim 160", (*wide, None, None, 0.0, 0.08, -1, 0, False, False), ops._Layout(*wide[:2]), True),
     ]
     forcing = {"attn_fwd": (64, 32, 4, 2), "attn_bwd_dkdv": (32, 64, 4, 2), "attn_bwd_dq": (64, 32, 4, 2)}
-    for name, (q_, k_, v_, mask, seed, *options), layout, tma in calls:
-        launch, out, lse = ops.forward_launch(q_, k_, v_, mask, seed, *options, layout, tma=tma)
-        grad = torch.randn_like(out)
-        launches = [
-            launch,
-            *ops.backward_launches(grad, q_, k_, v_, mask, seed, out, lse, *options, layout, tma=tma)[0],
-        ]
-        for launch in launches:
-            captured.clear()
-            meta = {}
-            if launch.kernel in forcing:
-                m, n, w, s = forcing[launch.kernel]
-                meta = {"BLOCK_M": m, "BLOCK_N": n, "num_warps": w, "num_stages": s}
-                with tiles.forced(launch.kernel, forcing[launch.kernel]):
-                    ops._run(launch)
-            else:
+
+    def record(name: str, launch: ops.Launch) -> None:
+        captured.clear()
+        meta = {}
+        if launch.kernel in forcing:
+            m, n, w, s = forcing[launch.kernel]
+            meta = {"BLOCK_M": m, "BLOCK_N": n, "num_warps": w, "num_stages": s}
+            with tiles.forced(launch.kernel, forcing[launch.kernel]):
                 ops._run(launch)
-            fn = ops.KERNELS[launch.kernel]
-            fn = fn.fn if isinstance(fn, triton.runtime.Autotuner) else fn
-            kwargs = {**launch.kwargs, **meta}
-            kwargs.setdefault("num_warps", 4)
-            kwargs.setdefault("num_stages", 3)
-            options_, signature, constexprs, attrs = jit_specialisation(fn, launch.args, kwargs, 90)
-            (jit,) = captured
-            seen = (jit["signature"], jit["constants"], jit["configs"][0], jit["num_warps"], jit["num_stages"])
-            derived = (signature, constexprs, attrs, options_.num_warps, options_.num_stages)
-            fields = ("signature", "constants", "attrs", "num_warps", "num_stages")
-            records.append({
-                "call": name,
-                "kernel": launch.kernel,
-                "jit": {k: _plain(v) if isinstance(v, dict) else v for k, v in zip(fields, seen, strict=True)},
-                "check": {k: _plain(v) if isinstance(v, dict) else v for k, v in zip(fields, derived, strict=True)},
-                "arg_names": fn.arg_names,
-            })  # fmt: skip
+        else:
+            ops._run(launch)
+        fn = ops.KERNELS[launch.kernel]
+        fn = fn.fn if isinstance(fn, triton.runtime.Autotuner) else fn
+        kwargs = {**launch.kwargs, **meta}
+        kwargs.setdefault("num_warps", 4)
+        kwargs.setdefault("num_stages", 3)
+        options_, signature, constexprs, attrs = jit_specialisation(fn, launch.args, kwargs, 90)
+        (jit,) = captured
+        seen = (jit["signature"], jit["constants"], jit["configs"][0], jit["num_warps"], jit["num_stages"])
+        derived = (signature, constexprs, attrs, options_.num_warps, options_.num_stages)
+        fields = ("signature", "constants", "attrs", "num_warps", "num_stages")
+        records.append({
+            "call": name,
+            "kernel": launch.kernel,
+            "jit": {k: _plain(v) if isinstance(v, dict) else v for k, v in zip(fields, seen, strict=True)},
+            "check": {k: _plain(v) if isinstance(v, dict) else v for k, v in zip(fields, derived, strict=True)},
+            "arg_names": fn.arg_names,
+        })  # fmt: skip
+
+    for name, (q_, k_, v_, mask, seed, *options), layout, tma in calls:
+        forward, out, lse = ops.forward_launch(q_, k_, v_, mask, seed, *options, layout, tma=tma)
+        grad = torch.randn_like(out)
+        backward = ops.backward_launches(grad, q_, k_, v_, mask, seed, out, lse, *options, layout, tma=tma)[0]
+        for launch in [forward, *backward]:
+            record(name, launch)
+    # a decoding step over a layers.KVCache: one new token, 2 query heads per key/value head, lengths int64
+    new = torch.randn(B, 1, H, D, dtype=torch.float16).transpose(1, 2)
+    cache_k, cache_v = (torch.randn(B, 300, H // 2, D, dtype=torch.float16).transpose(1, 2) for _ in range(2))
+    for launch in ops.decode_launches(new, cache_k, cache_v, torch.tensor([300, 7]), 0.125, False)[0]:
+        record("decoding step", launch)
     print(json.dumps(records))
 
 

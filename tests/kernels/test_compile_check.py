@@ -39,8 +39,8 @@ def test_covering_set_compiles_without_spills(reports):
     assert all(r["ok"] for r in records)
     assert all(r.keys() >= KEYS for r in records if r["kernel"] != "bwd_pre")
     assert {r["arch"] for r in records} == {80, 90}
-    assert {r["kernel"] for r in records} == {"fwd", "bwd_dkdv", "bwd_dq", "bwd_pre"}
-    main = [r for r in records if r["kernel"] != "bwd_pre"]
+    assert {r["kernel"] for r in records} == {"fwd", "bwd_dkdv", "bwd_dq", "bwd_pre", "decode", "decode_combine"}
+    main = [r for r in records if r["kernel"] in ("fwd", "bwd_dkdv", "bwd_dq")]
     for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):  # every constexpr value, per kernel and architecture
         for arch in (80, 90):
             mine = [r for r in main if r["kernel"] == kernel and r["arch"] == arch]
@@ -61,6 +61,13 @@ def test_covering_set_compiles_without_spills(reports):
     assert {r["part"] for r in split} == {1, 2} and all(r["arch"] == 90 and r["head_dim"] > 128 for r in split)
     assert all(r["tma"] for r in hopper if r["path"] == "tma")  # the dense sm_90 path: the copy engine
     assert {r["path"] for r in hopper} == {"tma", "ptr"}  # both paths compiled
+    # the decode kernel (and its combine) on both architectures, every dtype: no spill; the split's 16-row tile
+    # runs mma.sync (wgmma needs 64 rows), and has a loop profile
+    decode = [r for r in records if r["kernel"] == "decode"]
+    assert {(r["arch"], r["dtype"]) for r in decode} == {(a, d) for a in (80, 90) for d in ("float16", "bfloat16",
+                                                                                             "float32")}  # fmt: skip
+    assert all(r["spill_bytes"] == 0 and r["loop_warp_instructions_per_mflop"] for r in decode)
+    assert {r["arch"] for r in records if r["kernel"] == "decode_combine"} == {80, 90}
 
 
 def test_hot_loops_meet_the_static_goals(reports):
@@ -89,7 +96,9 @@ def test_specialisation_is_the_jits():
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     records = json.loads(done.stdout)
-    assert {r["kernel"] for r in records} == {"attn_fwd", "attn_bwd_preprocess", "attn_bwd_dkdv", "attn_bwd_dq"}
+    assert {r["kernel"] for r in records} == {
+        "attn_fwd", "attn_bwd_preprocess", "attn_bwd_dkdv", "attn_bwd_dq", "attn_decode_split", "attn_decode_combine"
+    }  # fmt: skip
     for r in records:
         assert r["jit"] == r["check"], (r["call"], r["kernel"])
     wide = [r for r in records if r["call"] == "dense head dim 160" and r["kernel"] == "attn_bwd_dkdv"]

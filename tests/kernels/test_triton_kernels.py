@@ -201,3 +201,29 @@ def test_varlen_compiles_once_for_every_set_of_lengths():
         with kernels.sdpa_kernel([Backend.TORCH]):
             torch.testing.assert_close(out, attend(q, k, v, cu), rtol=1e-4, atol=1e-5)
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_fused_decoding_runs_kernels_only():
+    """The split kernel and the combine kernel are the whole call: no torch operation beyond allocating the
+    partials and the output (on a GPU each torch operation is a launch, and a small model's step is launch-bound);
+    the combine writes the output the op returns."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from kernels.triton import ops
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    _skip_without_triton()
+    kc = vc = torch.randn(2, 2, 600, 32)
+    q, lengths = torch.randn(2, 8, 1, 32), torch.tensor([600, 77])
+    seen: list[str] = []
+    with Record():  # ops.decode_attention_op is these launches (the interpreter's own copies are not recorded)
+        launches, out = ops.decode_launches(q, kc, vc, lengths, 32**-0.5, False)
+    assert [launch.kernel for launch in launches] == ["attn_decode_split", "attn_decode_combine"]
+    assert set(seen) <= {"empty", "new_empty", "empty_like", "empty_strided"}, seen
+    for launch in launches:
+        ops._run(launch)
+    torch.testing.assert_close(out, ops.decode_attention_op(q, kc, vc, lengths, 32**-0.5, False), rtol=0, atol=0)
