@@ -47,7 +47,7 @@ def torch_sdpa(
             empty = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
             attn_mask = attn_mask.masked_fill(empty, 0.0)
     measured = query.device.type != "cpu" and attn_mask is None  # the sweep measures unmasked calls
-    priority = torch_priority(query, key, None, is_causal) if measured else None
+    priority = torch_priority(query, key, None, is_causal, dropout_p) if measured else None
     with priority or contextlib.nullcontext():
         out = F.scaled_dot_product_attention(
             query,
@@ -91,6 +91,7 @@ def select(
     varlen: bool = False,
     decode: bool = False,
     is_causal: bool = False,
+    dropout_p: float = 0.0,
 ) -> tuple[Backend, dict[Backend, list[str]]]:
     """The first enabled backend that can serve the inputs, and the reasons of those tried before it (``decode``:
     a `kernels.decode_attention` call whose inputs require grad, which the fused decode kernel cannot serve).
@@ -101,7 +102,7 @@ def select(
     skipped: dict[Backend, list[str]] = {}
     if order is None:
         order = default_order(query.device.type)
-        reason = None if varlen else torch_first(query, key, attn_mask, is_causal)
+        reason = None if varlen else torch_first(query, key, attn_mask, is_causal, dropout_p)
         if reason is not None:
             order = (Backend.TORCH, Backend.TRITON, Backend.MATH)
             skipped[Backend.TRITON] = [f"could run, but TORCH goes first: {reason}"]

@@ -2,10 +2,11 @@
 
 On CUDA the dispatcher tries ``TRITON`` first, except for the cases a kernel sweep (``python -m kernels.bench
 --sweep``) measured it slower than torch's best kernel on the same card: those cases are recorded in
-``measured_order.json`` (next to this file, with the card, the date and the ratio), and for a plain dense call
-(a call torch's SDPA serves with every feature it asks for) in such a case ``TORCH`` goes first; `kernels.explain`
-says so with the measured reason. Calls that use what only this package has (nested inputs, bands other than
-top-left causal) keep ``TRITON`` first. A card or a case never measured keeps the default order.
+``measured_order.json`` (next to this file, with the card, the date and the ratio), and for a call of the kind the
+sweep times (`measured_kind`: dense self-attention, no mask tensor, no dropout, as many key/value heads as query
+heads) in such a case ``TORCH`` goes first; `kernels.explain` says so with the measured reason. Other calls (nested
+inputs, masks, bands other than top-left causal, ...) keep ``TRITON`` first. A card or a case never measured keeps
+the default order.
 
 ``TORCH`` then runs the torch kernel the sweep measured fastest (`torch_priority`), not the one torch would pick:
 torch 2.11 tries flash before cuDNN, and on an H200 cuDNN was 1.7x faster than torch's flash at d=128, fp16,
@@ -57,20 +58,38 @@ def _card(device: torch.device) -> str:
     return torch.cuda.get_device_name(device)
 
 
-def _entry(query: torch.Tensor, key: torch.Tensor | None, attn_mask: object, is_causal: bool) -> dict | None:
-    """The measured entry for a call torch serves fully, or None (CPU, nested, a band torch has no kernel for)."""
-    if query.device.type != "cuda" or query.is_nested or key is None:
+def _entry(
+    query: torch.Tensor, key: torch.Tensor | None, attn_mask: object, is_causal: bool, dropout_p: float = 0.0
+) -> dict | None:
+    """The measured entry for this call on its card, or None (CPU, or not a call of the kind measured)."""
+    if query.device.type != "cuda":
+        return None
+    case = measured_kind(query, key, attn_mask, is_causal, dropout_p)
+    return None if case is None else lookup(_table(), _card(query.device), *case)
+
+
+def measured_kind(
+    query: torch.Tensor, key: torch.Tensor | None, attn_mask: object, is_causal: bool, dropout_p: float = 0.0
+) -> tuple[torch.dtype, int, bool, int] | None:
+    """``(dtype, head dim, causal, length)`` for a call of the kind the sweep times (dense self-attention, as many
+    key/value heads as query heads, no mask tensor, no dropout; causal or not), else None: other calls keep the
+    default order, since torch serves them with other kernels than the one measured (a mask tensor: neither flash
+    nor cuDNN)."""
+    if query.is_nested or key is None or dropout_p:
+        return None
+    if key.size(-3) != query.size(-3) or key.size(-2) != query.size(-2):
         return None
     band = band_of(attn_mask)
-    if band is not None and not band.is_causal_upper_left():
-        return None  # a band torch has no kernel for: only TRITON skips its blocks
-    causal = is_causal or band is not None
-    return lookup(_table(), _card(query.device), query.dtype, query.size(-1), causal, query.size(-2))
+    if attn_mask is not None and (band is None or not band.is_causal_upper_left()):
+        return None  # a mask tensor, or a band torch has no kernel for (only TRITON skips its blocks)
+    return query.dtype, query.size(-1), is_causal or band is not None, query.size(-2)
 
 
-def torch_first(query: torch.Tensor, key: torch.Tensor | None, attn_mask: object, is_causal: bool) -> str | None:
+def torch_first(
+    query: torch.Tensor, key: torch.Tensor | None, attn_mask: object, is_causal: bool, dropout_p: float = 0.0
+) -> str | None:
     """The measured reason to try ``TORCH`` before ``TRITON`` for this call, or None."""
-    entry = _entry(query, key, attn_mask, is_causal)
+    entry = _entry(query, key, attn_mask, is_causal, dropout_p)
     return None if entry is None else reason(entry)
 
 
@@ -119,12 +138,12 @@ def priority_order(best: str, enabled: dict[str, bool]) -> list[str] | None:
     return [best, *rest]
 
 
-def torch_priority(query: torch.Tensor, key: torch.Tensor, attn_mask: object, is_causal: bool):
+def torch_priority(query: torch.Tensor, key: torch.Tensor, attn_mask: object, is_causal: bool, dropout_p: float = 0.0):
     """A ``torch.nn.attention.sdpa_kernel(..., set_priority=True)`` block that makes torch try the kernel measured
     fastest for this call first, or None (nothing measured, CPU, tracing, or an older torch)."""
     if torch_sdpa_kernel is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return None
-    entry = _entry(query, key, attn_mask, is_causal)
+    entry = _entry(query, key, attn_mask, is_causal, dropout_p)
     if entry is None:
         return None
     enabled = {name: getattr(torch.backends.cuda, flag)() for name, (_, flag) in _TORCH_KERNELS.items()}

@@ -77,7 +77,7 @@ def scaled_dot_product_attention(
     original = query
     query, key, value = (as_jagged(t) for t in (query, key, value))  # strided nested: as jagged
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    backend, _ = select(query, key, value, attn_mask, is_causal=is_causal)
+    backend, _ = select(query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p)
     attend = DENSE[backend]
     if not query.is_nested:
         with profiled("attention", backend):
@@ -202,7 +202,7 @@ def explain(
     enabled = enabled_backends()
     order = enabled or default_order(query.device.type)
     try:
-        chosen, reasons = select(query, key, value, attn_mask, is_causal=is_causal)
+        chosen, reasons = select(query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p)
     except NoBackendAvailableError:
         chosen, reasons = None, {b: unavailable_reasons(b, query, key, value, attn_mask) for b in order}
     for backend in order:
@@ -253,7 +253,8 @@ def _detail(
         return f"{how} on buckets of similar lengths: {n} call(s) for {query.size(0)} sequences"
     if backend is Backend.TORCH:
         # the priority `dispatch.torch_sdpa` sets where a sweep measured this case on this card
-        priority = torch_priority(query, key, None, is_causal) if query.is_cuda and attn_mask is None else None
+        measured = query.is_cuda and attn_mask is None
+        priority = torch_priority(query, key, None, is_causal, dropout_p) if measured else None
         try:  # a private torch function: if it moves, explain still answers
             with priority or contextlib.nullcontext():
                 choice = torch._fused_sdp_choice(

@@ -95,3 +95,23 @@ def test_the_recorded_table_names_torch_kernels_this_module_knows():
 def test_cpu_calls_run_torch_without_a_priority_block():
     q = torch.randn(1, 2, 8, 16)
     assert preferences.torch_priority(q, q, None, True) is None
+
+
+def test_only_calls_of_the_measured_kind_follow_the_measurement():
+    """The sweep times dense self-attention without a mask tensor, dropout or grouped heads: torch serves other
+    calls with other kernels (a mask: neither flash nor cuDNN), so they keep the default order."""
+    from torch.nn.attention.bias import causal_upper_left
+
+    from kernels import sliding_window
+
+    q = torch.randn(2, 4, 64, 16)
+    assert preferences.measured_kind(q, q, None, False) == (torch.float32, 16, False, 64)
+    assert preferences.measured_kind(q, q, None, True) == (torch.float32, 16, True, 64)
+    upper_left = causal_upper_left(64, 64)
+    assert preferences.measured_kind(q, q, upper_left, False) == (torch.float32, 16, True, 64)
+    assert preferences.measured_kind(q, q, torch.ones(64, 64, dtype=torch.bool), False) is None  # a mask tensor
+    assert preferences.measured_kind(q, q, sliding_window(64, 64, 8), False) is None  # a band torch lacks
+    assert preferences.measured_kind(q, q, None, False, dropout_p=0.1) is None
+    assert preferences.measured_kind(q, q[:, :2], None, False) is None  # grouped heads
+    assert preferences.measured_kind(q, q[:, :, :32], None, False) is None  # cross-attention, L != S
+    assert preferences.measured_kind(q, None, None, False) is None
