@@ -1,6 +1,6 @@
 """Benchmark of the attention backends: ``python -m kernels.bench``.
 
-Two experiments, each timing every variant on one input in the same run (and ``--sweep``, the kernel
+Experiments, each timing every variant on one input in the same run (and ``--sweep``, the kernel
 benchmark over passes, dtypes, head dims and lengths: `kernels.bench.sweep`):
 
 - dense (default): the experiment of PyTorch's SDPA tutorial (default / math / flash / efficient on batch
@@ -13,6 +13,8 @@ benchmark over passes, dtypes, head dims and lengths: `kernels.bench.sweep`):
   tokens only.
 - ``--window W``: causal attention over a sliding window of ``W`` keys against full causal attention at the same
   length (default L = 4096 on CPU), on ``TORCH`` (chunked) and ``TRITON`` (blocks outside the window skipped).
+- ``--tiles KERNEL``: one fused kernel with each tile of its autotune list forced, against the autotuner's choice
+  (`kernels.bench.tile_ab`; a GPU measurement).
 
 On a machine without a GPU the default sizes are scaled down and the dtype is float32. A variant that
 cannot serve the input is listed with its reason instead of a time. Variants are timed in interleaved rounds
@@ -34,7 +36,6 @@ import pathlib
 import statistics
 import sys
 import warnings
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,17 @@ from tqdm import tqdm
 from ..backends import Backend, NoBackendAvailableError
 from ..masks import sliding_window
 from ..sdpa import scaled_dot_product_attention
-from .common import TRAIN_FLOPS_FACTOR, attention_flops, first_reasons, only, padded_lengths, torch_refusal
+from .common import (
+    TRAIN_FLOPS_FACTOR,
+    Case,
+    attention_flops,
+    first_reasons,
+    only,
+    padded_lengths,
+    timed_step,
+    torch_refusal,
+)
+from .tile_ab import KERNELS, tile_cases
 from .timing import bar_chart, median_seconds
 
 
@@ -59,34 +70,12 @@ class Result:
     skipped: str | None = None  # why it could not run
 
 
-@dataclasses.dataclass
-class Case:
-    name: str
-    context: Callable[[], contextlib.AbstractContextManager]
-    call: Callable[[], object]  # one timed step (forward, or forward + backward)
-    refusal: str | None = None  # why torch may refuse it, where torch's own message does not say
-    unavailable: str | None = None  # why it cannot run here at all (it is listed, not timed)
-
-
-def _step(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], train: bool, *args, **kwargs):
-    """A call of ``fn``; with ``train``, its backward too (gradients of ``inputs``, not accumulated)."""
-
-    def call():
-        out = fn(*args, **kwargs)
-        if train:
-            flat = out.values() if out.is_nested else out
-            torch.autograd.grad(flat, inputs, torch.ones_like(flat))
-        return out
-
-    return call
-
-
 def dense_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[list[Case], float]:
     gen = torch.Generator(device=device).manual_seed(0)
     shape = (args.batch, args.heads, args.seq_len, args.head_dim)  # (B, H, L, E)
     train = args.train
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, generator=gen, requires_grad=train) for _ in range(3))
-    step = _step(scaled_dot_product_attention, [q, k, v], train, q, k, v, is_causal=args.causal)
+    step = timed_step(scaled_dot_product_attention, [q, k, v], train, q, k, v, is_causal=args.causal)
     variants = [
         ("TRITON", lambda: only(Backend.TRITON)),
         ("TORCH (torch picks)", lambda: only(Backend.TORCH)),
@@ -122,15 +111,16 @@ def nested_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dt
         padded.append(dense.transpose(1, 2).requires_grad_(args.train))  # (B, H, L, E)
     mask = keep[:, None, None, :]  # (B, 1, 1, S)
 
-    ours = _step(nested_attention(scaled_dot_product_attention), packed, args.train, *packed, is_causal=args.causal)
-    theirs = _step(nested_attention(F.scaled_dot_product_attention), packed, args.train, *packed, is_causal=args.causal)
+    causal = args.causal
+    ours = timed_step(nested_attention(scaled_dot_product_attention), packed, args.train, *packed, is_causal=causal)
+    theirs = timed_step(nested_attention(F.scaled_dot_product_attention), packed, args.train, *packed, is_causal=causal)
     masked_causal = mask & torch.ones(L, L, dtype=torch.bool, device=device).tril() if args.causal else mask
-    dense = _step(scaled_dot_product_attention, padded, args.train, *padded, attn_mask=masked_causal)
+    dense = timed_step(scaled_dot_product_attention, padded, args.train, *padded, attn_mask=masked_causal)
     # The same number of real tokens as a dense batch without padding: B sequences of the mean length.
     mean = max(1, round(total / args.batch))
     unpadded = [torch.randn(args.batch, H, mean, E, device=device, dtype=dtype, requires_grad=args.train)
                 for _ in range(3)]  # fmt: skip
-    no_padding = _step(scaled_dot_product_attention, unpadded, args.train, *unpadded, is_causal=args.causal)
+    no_padding = timed_step(scaled_dot_product_attention, unpadded, args.train, *unpadded, is_causal=args.causal)
     cases = [
         Case("TRITON varlen", lambda: only(Backend.TRITON), ours),
         Case("TORCH on the nested tensor", lambda: only(Backend.TORCH), ours),
@@ -164,7 +154,7 @@ def _torch_varlen_case(packed: list[torch.Tensor], offsets: torch.Tensor, longes
         return varlen_attn(q, k, v, cu, cu, longest, longest, **causal)
 
     unavailable = None if packed[0].is_cuda else "torch's varlen_attn runs on CUDA only"
-    step = _step(attend, packed, args.train, *packed)
+    step = timed_step(attend, packed, args.train, *packed)
     return Case("torch varlen_attn", contextlib.nullcontext, step, unavailable=unavailable)
 
 
@@ -176,8 +166,8 @@ def window_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dt
         torch.randn(shape, device=device, dtype=dtype, generator=gen, requires_grad=args.train) for _ in range(3)
     )
     window = sliding_window(args.seq_len, args.seq_len, args.window - 1)
-    full = _step(scaled_dot_product_attention, [q, k, v], args.train, q, k, v, is_causal=True)
-    band = _step(scaled_dot_product_attention, [q, k, v], args.train, q, k, v, attn_mask=window)
+    full = timed_step(scaled_dot_product_attention, [q, k, v], args.train, q, k, v, is_causal=True)
+    band = timed_step(scaled_dot_product_attention, [q, k, v], args.train, q, k, v, attn_mask=window)
     cases = [
         Case("TORCH, full causal", lambda: only(Backend.TORCH), full),
         Case(f"TORCH, window {args.window}", lambda: only(Backend.TORCH), band),
@@ -192,6 +182,8 @@ def run(args: argparse.Namespace) -> list[Result]:
     """Time every case of the chosen experiment in interleaved rounds; results with ratios filled in."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     experiment = nested_cases if args.nested else window_cases if args.window else dense_cases
+    if args.tiles:
+        experiment = tile_cases
     cases, work = experiment(args, device, dtype)
     results, runnable = {}, []
     for case in cases:
@@ -231,6 +223,8 @@ def title(args: argparse.Namespace) -> str:
     what = "nested batch, real tokens only" if args.nested else "dense batch"
     if args.window:
         what = f"causal, window {args.window} vs full (TFLOP/s: the full causal work per time)"
+    if args.tiles:
+        what = f"dense batch, {args.tiles} with each tile forced"
     step = "forward + backward" if args.train else "forward"
     return (
         f"SDPA on {args.device}, {args.dtype}, {what}: batch {args.batch}, heads {args.heads}, "
@@ -241,11 +235,12 @@ def title(args: argparse.Namespace) -> str:
 
 def format_table(results: list[Result], args: argparse.Namespace) -> str:
     unit = "tokens/s" if args.nested else "TFLOP/s"
-    rows = [f"{'variant':<32} {'ms/call':>9} {'spread':>7} {'x fastest':>10} {unit:>10}"]
+    width = max(32, *(len(r.name) for r in results))
+    rows = [f"{'variant':<{width}} {'ms/call':>9} {'spread':>7} {'x fastest':>10} {unit:>10}"]
     for r in results:
         if r.ms is not None:
             rate = f"{r.tokens_per_s:>10.3g}" if args.nested else f"{r.tflops:>10.3g}"
-            rows.append(f"{r.name:<32} {r.ms:>9.3f} {100 * r.spread:>6.0f}% {r.ratio:>10.2f} {rate}")
+            rows.append(f"{r.name:<{width}} {r.ms:>9.3f} {100 * r.spread:>6.0f}% {r.ratio:>10.2f} {rate}")
     skipped = [f"  {r.name}: {r.skipped}" for r in results if r.skipped]
     if skipped:
         rows += ["", "could not run:", *skipped]
@@ -268,6 +263,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--causal", action="store_true", help="causal attention (top-left aligned)")
     parser.add_argument("--train", action=argparse.BooleanOptionalAction, help="time forward + backward")
     parser.add_argument("--window", type=int, help="the window experiment: causal window of this many keys vs full")
+    parser.add_argument("--tiles", choices=KERNELS, help="the tile experiment: this kernel with each tile forced")
+    parser.add_argument("--max-tiles", type=int, default=4, help="--tiles: the first N tiles of the kernel's list")
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median and spread)")
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("bench-results"))
@@ -279,8 +276,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, value in zip(("batch", "heads", "seq_len"), defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.train is None:
-        args.train = args.nested  # the tutorial times inference; nested batches matter most in training
+    if args.train is None:  # the tutorial times inference; nested batches matter most in training
+        args.train = args.nested or (args.tiles or "").startswith("attn_bwd")
     return args
 
 
@@ -295,6 +292,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     table = format_table(results, args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = "sdpa_nested" if args.nested else f"sdpa_window{args.window}" if args.window else "sdpa_backends"
+    stem = f"tiles_{args.tiles}" if args.tiles else stem
     json_path, png_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.png"
     config = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()}
     payload = {

@@ -4,7 +4,8 @@ lengths, and how a case that cannot run is reported."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
 
 import torch
 from torch.nn.attention import SDPBackend
@@ -15,10 +16,12 @@ from ..backends import Backend, sdpa_kernel
 __all__ = [
     "LENGTH_KINDS",
     "TRAIN_FLOPS_FACTOR",
+    "Case",
     "attention_flops",
     "first_reasons",
     "only",
     "padded_lengths",
+    "timed_step",
     "torch_refusal",
 ]
 
@@ -29,6 +32,28 @@ def attention_flops(batch: int, heads: int, q_len: int, k_len: int, head_dim: in
     """Forward FLOPs of attention: two (L x S x E) matmuls, 2 FLOPs per multiply-add; causal halves it."""
     flops = 4.0 * batch * heads * q_len * k_len * head_dim
     return flops / 2 if causal else flops
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    context: Callable[[], contextlib.AbstractContextManager]
+    call: Callable[[], object]  # one timed step (forward, or forward + backward)
+    refusal: str | None = None  # why torch may refuse it, where torch's own message does not say
+    unavailable: str | None = None  # why it cannot run here at all (it is listed, not timed)
+
+
+def timed_step(fn: Callable[..., torch.Tensor], inputs: list[torch.Tensor], train: bool, *args, **kwargs):
+    """A call of ``fn``; with ``train``, its backward too (gradients of ``inputs``, not accumulated)."""
+
+    def call():
+        out = fn(*args, **kwargs)
+        if train:
+            flat = out.values() if out.is_nested else out
+            torch.autograd.grad(flat, inputs, torch.ones_like(flat))
+        return out
+
+    return call
 
 
 @contextlib.contextmanager

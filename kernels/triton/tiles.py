@@ -111,7 +111,7 @@ def forced(kernel: str, tile: Tile) -> Iterator[None]:
         raise ValueError(f"{tile} is not in CONFIGS[{kernel!r}]; choose one of {CONFIGS[kernel]}")
     previous = _forced.get(kernel)
     _forced[kernel] = tile
-    _tuners[kernel].cache.clear()  # the autotuner remembers its choice per key: forget it on entry and exit
+    _forget(kernel)
     try:
         yield
     finally:
@@ -119,6 +119,13 @@ def forced(kernel: str, tile: Tile) -> Iterator[None]:
             _forced.pop(kernel, None)
         else:
             _forced[kernel] = previous
+        _forget(kernel)
+
+
+def _forget(kernel: str) -> None:
+    """The autotuner remembers its choice per key: forget it when a tile is forced and when that ends (no tuner
+    yet, where the kernels have not been imported: nothing to forget)."""
+    if kernel in _tuners:
         _tuners[kernel].cache.clear()
 
 

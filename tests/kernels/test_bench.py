@@ -51,6 +51,26 @@ def test_nested_bench_counts_real_tokens(tmp_path, capsys):
     assert "real tokens only" in capsys.readouterr().out
 
 
+def test_tile_experiment_forces_each_tile_and_says_which_the_prune_keeps(tmp_path, capsys):
+    """``--tiles``: the autotuned kernel and its first tiles forced, labelled kept or not by the spill table (under
+    the interpreter every tile runs as its one tile: the rows exist, their times mean nothing)."""
+    from kernels.triton import tiles
+
+    argv = "--tiles attn_bwd_dkdv --max-tiles 3 --device cpu --batch 1 --heads 1 --seq-len 32 --head-dim 16".split()
+    results = bench.main([*argv, "--min-run-time", "0.01", "--rounds", "1", "--out-dir", str(tmp_path)])
+    names = [r.name for r in results]
+    assert names[0] == "attn_bwd_dkdv: autotuned" and len(names) == 4
+    kept = tiles.kept_tiles("attn_bwd_dkdv", 90, True, 16, "fp32")
+    for (m, n, w, s), name in zip(tiles.CONFIGS["attn_bwd_dkdv"], names[1:], strict=False):
+        assert name == f"attn_bwd_dkdv {m}x{n} w{w} s{s} ({'kept' if (m, n, w, s) in kept else 'not kept'})"
+    triton = results[0]  # timed under the interpreter, or skipped with its reason
+    assert (triton.ms or 0) > 0 or "CPU tensor and no Triton interpreter" in triton.skipped
+    data = json.loads((tmp_path / "tiles_attn_bwd_dkdv.json").read_text())
+    assert data["config"]["train"] is True  # a backward kernel: forward + backward timed
+    assert "attn_bwd_dkdv with each tile forced" in capsys.readouterr().out
+    assert tiles._forced == {}  # every forced tile released
+
+
 def test_padded_lengths_about_half_padding():
     lengths = bench.padded_lengths(16, 256, torch.Generator().manual_seed(0))
     assert lengths[0] == 256 and min(lengths) >= 1 and sorted(lengths) == sorted(set(lengths))
