@@ -7,11 +7,12 @@ process with its own time budget, so a slow step cannot eat the others; what a s
 is kept. Everything goes to ``$OUT`` when set, else ``bench-results/gpu-check/``; a short summary table is printed
 last (only the end of the output may come back from a GPU machine).
 
-Steps: 1. the environment; 2. ``pytest -m cuda`` (JUnit XML); 3. the kernel sweep (a budgeted subset of
-``python -m kernels.bench --sweep``); 4. variable length against padding; 5. the layers against ``torch.nn``
-(fp16 autocast); 6. generation with and without key/value caches, and the decode kernel's bandwidth against the
-card's copy rate; 7. a short training run of the byte-level GPT, profiled; 8. the dK/dV kernel with each of its
-first tiles forced (does the static profile rank them as the GPU does?).
+Steps: 1. the environment; 2. ``pytest -m cuda`` (JUnit XML); 3. variable length against padding; 4. the layers
+against ``torch.nn`` (fp16 autocast); 5. generation with and without key/value caches, and the decode kernel's
+bandwidth against the card's copy rate; 6. a short training run of the byte-level GPT, profiled; 7. the dK/dV kernel
+with each of its first tiles forced (does the static profile rank them as the GPU does?); 8. last, with all the time
+the others left (at least 2 minutes), the kernel sweep (``python -m kernels.bench --sweep``, ended cleanly by its
+``--time-budget``).
 
 Without CUDA (or with ``--dry-run``) every step still runs, on tiny CPU sizes, and says which GPU-only parts it
 skipped and why: the command's own logic is tested that way in CI (tests/test_install.py).
@@ -46,6 +47,7 @@ class Step:
     seconds: float = 0.0
     figures: dict = dataclasses.field(default_factory=dict)
     note: str = ""
+    last: bool = False  # runs last and gets whatever time the others left (at least budget_s)
 
 
 def _env_script() -> str:
@@ -200,7 +202,7 @@ def steps(out: pathlib.Path) -> list[Step]:
     # Compiling and tuning TRITON for each new dtype/head dim/causal takes most of a shape's time: the lengths the
     # preferences need most (4k, 1k) and every dtype/head dim before longer lengths (kernels.bench --sweep by hand).
     sweep_gpu = "--seq-lens 4096 1024 --head-dims 128 64 --dtypes float16 bfloat16 --min-run-time 0.1"
-    sweep_gpu += " --rounds 2 --time-budget 105 --variants TRITON"
+    sweep_gpu += " --rounds 2 --time-budget {sweep_seconds} --variants TRITON"
     sweep_cpu = "--device cpu --seq-lens 16 32 --tokens 64 --heads 1 --head-dims 16 --dtypes float32"
     sweep_cpu += " --min-run-time 0.01 --rounds 1"
     torch_kernels = ["torch flash", "torch efficient", "torch cuDNN"]
@@ -227,18 +229,20 @@ def steps(out: pathlib.Path) -> list[Step]:
     return [
         Step("environment", 15, [py, "-c", _env_script()], [py, "-c", _env_script()], _summarise_env),
         Step("pytest -m cuda", 170, pytest_gpu, pytest, _summarise_pytest),
+        Step("variable length", 40, [*varlen, *varlen_gpu.split()], [*varlen, *varlen_cpu.split()], _summarise_varlen),
+        Step("layers float16", 55, [*layers, *layers_gpu.split()], [*layers, *layers_cpu.split()], _summarise_layers),
+        Step("decoding", 25, [*decode, *decode_gpu.split()], [*decode, *decode_cpu.split()], _summarise_decode),
+        Step("GPT training", 40, [*gpt, "--steps", "300"], [*gpt, *gpt_cpu.split()], _summarise_gpt),
+        Step("tile A/B", 45, [*tiles, *tiles_gpu.split()], [*tiles, *tiles_cpu.split()], _summarise_tiles),
+        # last, with what the others left: the sweep ends itself cleanly at its --time-budget ({sweep_seconds})
         Step(
             "kernel sweep",
             120,
             [*sweep, *sweep_gpu.split(), *torch_kernels],
             [*sweep, *sweep_cpu.split()],
             _summarise_sweep,
+            last=True,
         ),
-        Step("variable length", 40, [*varlen, *varlen_gpu.split()], [*varlen, *varlen_cpu.split()], _summarise_varlen),
-        Step("layers float16", 55, [*layers, *layers_gpu.split()], [*layers, *layers_cpu.split()], _summarise_layers),
-        Step("decoding", 25, [*decode, *decode_gpu.split()], [*decode, *decode_cpu.split()], _summarise_decode),
-        Step("GPT training", 40, [*gpt, "--steps", "300"], [*gpt, *gpt_cpu.split()], _summarise_gpt),
-        Step("tile A/B", 45, [*tiles, *tiles_gpu.split()], [*tiles, *tiles_cpu.split()], _summarise_tiles),
     ]
 
 
@@ -302,8 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for step in all_steps:
         left = TOTAL_BUDGET_S - (time.monotonic() - started)
-        step.budget_s = int(min(step.budget_s, max(10, left)))
-        run_step(step, step.cpu_args if dry else step.gpu_args, out, env)
+        step.budget_s = int(max(step.budget_s, left) if step.last else min(step.budget_s, max(10, left)))
+        seconds = str(max(10, step.budget_s - 15))  # the sweep stops itself before its step's budget runs out
+        run_step(step, [a.replace("{sweep_seconds}", seconds) for a in (step.cpu_args if dry else step.gpu_args)],
+                 out, env)  # fmt: skip
         if dry and step.name != "environment":
             step.note = f"GPU part skipped ({reason}): ran on tiny CPU sizes instead"
     table = summary_table(all_steps, dry, reason)
