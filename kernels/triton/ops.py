@@ -17,7 +17,9 @@ top-left causal is ``(-1, 0)``; ``lower_right`` aligns the diagonal to the botto
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -31,6 +33,7 @@ from .fwd import attn_fwd
 from .tiles import INTERPRET, PREPROCESS_BLOCK, block_dim, device_arch, dq_halves, kind_of, length_key, tuned
 
 attn_fwd_tuned, attn_bwd_dkdv_tuned, attn_bwd_dq_tuned = (tuned(k) for k in (attn_fwd, attn_bwd_dkdv, attn_bwd_dq))
+log = logging.getLogger(__name__)
 
 # Whether the copy-engine (tensor descriptor) path may be used: on CUDA it is used on compute capability 9.0 and
 # later when every operand is 16-byte aligned (`use_tma`); under the interpreter both paths run (the tests set
@@ -159,7 +162,16 @@ KERNELS = {
 def _run(launch: Launch) -> None:
     if launch.kwargs.get("USE_TMA"):
         _ensure_allocator(launch.args[0].device)
-    KERNELS[launch.kernel][launch.grid](*launch.args, **launch.kwargs)
+    kernel = KERNELS[launch.kernel]
+    tuner = kernel if isinstance(kernel, triton.runtime.Autotuner) else None
+    known = len(tuner.cache) if tuner is not None else 0
+    start = time.perf_counter()
+    kernel[launch.grid](*launch.args, **launch.kwargs)
+    if tuner is not None and len(tuner.cache) > known:
+        # a new autotune key: its tiles were compiled (unless cached on disk) and timed, which takes seconds on a
+        # GPU; said once per key, so a slow first step is explained
+        log.info("%s: tuned for a new shape in %.1f s, chose %s", launch.kernel, time.perf_counter() - start,
+                 tuner.best_config)  # fmt: skip
 
 
 def forward_launch(q, k, v, mask, seed, dropout_p, scale, left, right, lower_right, allow_tf32, layout, tma=None):

@@ -227,3 +227,29 @@ def test_fused_decoding_runs_kernels_only():
     for launch in launches:
         ops._run(launch)
     torch.testing.assert_close(out, ops.decode_attention_op(q, kc, vc, lengths, 32**-0.5, False), rtol=0, atol=0)
+
+
+def test_a_new_autotune_key_is_logged_once(monkeypatch, caplog):
+    """A first call that tunes (seconds of compiling and timing tiles on a GPU) says so through logging, once per
+    key; calls that reuse the choice log nothing. (Under the interpreter there is one tile and no tuning: a stand-in
+    autotuner records a key the way Triton's does.)"""
+    import logging
+
+    import triton
+
+    from kernels.triton import ops
+
+    class StandIn(triton.runtime.Autotuner):
+        def __init__(self):  # no kernel behind it: only the cache and the launch
+            self.cache, self.best_config = {}, "BLOCK_M: 128, BLOCK_N: 64, num_warps: 8"
+
+        def __getitem__(self, grid):
+            return lambda *args, key: self.cache.setdefault(key, self.best_config)
+
+    monkeypatch.setitem(ops.KERNELS, "attn_fwd", StandIn())
+    with caplog.at_level(logging.INFO, logger="kernels.triton.ops"):
+        for key in ("L=1024", "L=1024", "L=4096"):
+            ops._run(ops.Launch("attn_fwd", (1,), (torch.empty(1),), {"key": key}))
+    messages = [r.getMessage() for r in caplog.records if r.name == "kernels.triton.ops"]
+    assert len(messages) == 2
+    assert all(m.startswith("attn_fwd: tuned for a new shape in ") and "BLOCK_M: 128" in m for m in messages)
