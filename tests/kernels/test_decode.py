@@ -18,12 +18,13 @@ pytestmark = pytest.mark.parametrize("backend", CPU_BACKENDS)
 
 @pytest.mark.parametrize(
     "B,H,Hk,T,max_len,D",
-    [(2, 4, 4, 1, 600, 32), (3, 8, 2, 3, 300, 24), (2, 2, 1, 5, 40, 16), (1, 2, 2, 1, 257, 64)],
+    [(2, 4, 4, 1, 600, 32), (3, 8, 2, 3, 300, 24), (2, 2, 1, 5, 40, 16), (1, 2, 2, 1, 257, 64), (1, 8, 1, 3, 300, 32)],
     ids=str,
 )
 def test_equals_attention_over_each_sequences_keys(backend, B, H, Hk, T, max_len, D):
     """Several key splits (max_len > 256), GQA (heads sharing a key head read it once), T > 1 (bottom-right
-    causal among the new tokens), head dims 16..64 incl. 24, a sequence holding only its new tokens."""
+    causal among the new tokens), head dims 16..64 incl. 24, a sequence holding only its new tokens, more query rows
+    per key head than the kernel's 16-row minimum (8 heads x 3 tokens: a 32-row block)."""
     kc, vc = torch.randn(B, Hk, max_len, D), torch.randn(B, Hk, max_len, D)
     lengths = torch.randint(T, max_len + 1, (B,))
     lengths[0] = T
