@@ -86,8 +86,8 @@ def attn_decode_combine(
     Acc, M, L_sum, Out, stride_ob, stride_oh, stride_ot, HK, GROUP, T, DV, splits,
     BLOCK_M: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
-    """Merge the partial softmaxes of one ``batch x key/value head`` (program 0) over its ``splits`` (the formula in
-    the module docstring, online: one pass over the splits) into ``Out (B, H, T, DV)``, in its dtype."""
+    """Merge the partial softmaxes of one ``batch x key/value head`` (one program each) over its ``splits`` (the
+    formula in the module docstring, online: one pass over the splits) into ``Out (B, H, T, DV)``, in its dtype."""
     bh = tl.program_id(0)
     b = (bh // HK).to(tl.int64)
     h_kv = bh % HK
