@@ -2,7 +2,9 @@
 
 Keys and values of the tokens seen so far are kept in ``(B, max_len, H, D)`` buffers, with how many slots each
 sequence uses in ``lengths``, a ``(B,)`` tensor on the buffers' device: appending new tokens and attending over the
-cache read nothing on the host, so a compiled decoding step serves every position. Sequences of different prompt
+cache read nothing on the host, so a compiled decoding step serves every position. An append past ``max_len`` is
+refused before writing (`ArgumentError`); off the CPU the check uses a count of the longest length kept on the host
+(a nested prompt reads the lengths once), so a decoding step still reads nothing. Sequences of different prompt
 lengths decode together without padding (their lengths differ, and a nested prompt appends a different number of
 tokens to each). A decoder layer's cross-attention keeps the keys/values of its ``memory`` here too, computed once.
 
@@ -70,6 +72,10 @@ class KVCache:
         self._on_cpu = self.keys.device.type == "cpu"  # where reading the lengths costs no synchronisation
         self.started = False  # whether tokens were added (host-side: no read of the lengths)
         self.ragged = False  # whether sequences may hold different numbers of tokens (a nested prompt was added)
+        # the longest sequence's length, kept on the host by eager appends: off the CPU, a decoding step checks the
+        # room against it without reading the lengths (appends inside torch.compile are not counted: the check
+        # then misses, never refuses wrongly)
+        self._longest = 0
 
     @property
     def batch_size(self) -> int:
@@ -84,6 +90,7 @@ class KVCache:
         self.lengths.zero_()
         self.memory = None
         self.started = self.ragged = False
+        self._longest = 0
 
     def __repr__(self) -> str:
         b, n, h, d = self.keys.shape
@@ -109,19 +116,24 @@ class KVCache:
         if self.batch_size != B:
             raise ArgumentError(f"the cache holds {self.batch_size} sequences but {B} were given")
         before = self.lengths.clone()
-        if self._on_cpu and not torch.compiler.is_compiling():
+        eager = not torch.compiler.is_compiling()
+        if self._on_cpu and eager:
             # on CPU the lengths are read for the room check anyway (one operation: a decoding step is a few dozen
             # small ones, each a measurable share); every sequence as long (the usual decoding step): one slice copy
             # instead of index arithmetic and a scatter
             in_use = self.lengths.tolist()
             shortest, longest = min(in_use), max(in_use)
-            self._check_room(T, longest)
+            self._check_room(longest + T)
+            self._longest = longest + T
             if shortest == longest:
                 self.keys[:, longest : longest + T] = k
                 self.values[:, longest : longest + T] = v
                 self.lengths += T
                 self.started = True
                 return before
+        elif eager:
+            self._check_room(self._longest + T)  # no read of the lengths: the host knows the longest
+            self._longest += T
         rows = torch.arange(B, device=k.device)[:, None].expand(B, T)
         slots = before[:, None] + torch.arange(T, device=k.device)  # (B, T)
         self.keys.index_put_((rows, slots), k)
@@ -138,7 +150,10 @@ class KVCache:
         if offsets.numel() != self.batch_size + 1:
             raise ArgumentError(f"the cache holds {self.batch_size} sequences but {offsets.numel() - 1} were given")
         counts = offsets.diff()
-        self._check_room(counts)
+        if not torch.compiler.is_compiling():  # a prompt, not a decoding step: reading the lengths once is fine
+            longest = int((self.lengths + counts).max())
+            self._check_room(longest)
+            self._longest = longest
         before = self.lengths.clone()
         rows = torch.repeat_interleave(torch.arange(self.batch_size, device=k.device), counts, output_size=T)
         slots = before[rows] + torch.arange(T, device=k.device) - offsets[rows]  # (T,)
@@ -148,16 +163,13 @@ class KVCache:
         self.started = self.ragged = True
         return before
 
-    def _check_room(self, added, longest: int | None = None) -> None:
-        if not self._on_cpu or torch.compiler.is_compiling():
-            return  # reading the lengths would synchronise; past max_len the index_put fails by itself
-        full = (
-            longest + added > self.max_len if longest is not None else bool((self.lengths + added > self.max_len).any())
-        )
-        if full:
-            raise ArgumentError(
-                f"the cache is full: max_len={self.max_len}, in use {self.lengths.tolist()}; build a larger KVCache, "
-                "or reset() it and feed the context again"
+    def _check_room(self, longest: int) -> None:
+        """Refuse, before writing, an append that would make a sequence ``longest`` tokens long past ``max_len``."""
+        if longest > self.max_len:
+            raise ArgumentError(  # reading the lengths costs a sync on a GPU, here only where the append is refused
+                f"the cache is full: max_len={self.max_len}, in use {self.lengths.tolist()}, and this append would "
+                f"make a sequence {longest} tokens long; build a larger KVCache, or reset() it and feed the context "
+                "again"
             )
 
     @classmethod

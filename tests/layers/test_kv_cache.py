@@ -124,6 +124,31 @@ def test_generate_with_a_compiled_model_compiles_two_graphs():
     assert counters["stats"]["unique_graphs"] == 2
 
 
+def test_a_full_cache_is_refused_off_the_cpu_without_reading_the_lengths(monkeypatch):
+    """On a GPU a decoding step must not read the lengths (a sync): the cache keeps the longest length on the host
+    and refuses an append past max_len before writing, with the same message; a packed prompt reads them once.
+    (No GPU here: the off-CPU path runs on a CPU cache told it is elsewhere.)"""
+    cache = layers.KVCache(2, 6, H, E // H)
+    cache._on_cpu = False
+    packed = torch.randn(6, H, E // H)
+    cache.append_packed(packed, packed, torch.tensor([0, 2, 6]))  # a ragged prompt: 2 and 4 tokens
+    reads = []
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or real_tolist(t))
+    step = torch.randn(2, 2, H, E // H)
+    cache.append(step, step)  # 4 and 6: fits, nothing read on the host
+    assert reads == [] and real_tolist(cache.lengths) == [4, 6]
+    one = torch.randn(2, 1, H, E // H)
+    with pytest.raises(ValueError, match=r"the cache is full: max_len=6, in use \[4, 6\], and this append would make "
+                                         r"a sequence 7 tokens long"):  # fmt: skip
+        cache.append(one, one)
+    assert real_tolist(cache.lengths) == [4, 6]  # refused before writing
+    cache.reset()
+    full = torch.randn(2, 6, H, E // H)
+    cache.append(full, full)  # the host's count starts again
+    assert real_tolist(cache.lengths) == [6, 6]
+
+
 def test_cache_errors(attn):
     cache = layers.KVCache(2, 4, H, E // H)
     attn(torch.randn(2, 3, E), kv_cache=cache)
