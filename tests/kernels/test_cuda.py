@@ -142,6 +142,26 @@ def test_bands_and_decode_kernel():
         torch.testing.assert_close(out[b : b + 1].double(), ref, rtol=2e-2, atol=2e-2)
 
 
+def test_a_decoding_step_does_not_synchronise_and_a_full_cache_is_refused():
+    """A cached step on the GPU reads nothing on the host (TRITON's split and combine kernels, the cache's append);
+    past max_len the cache refuses before writing, with its message, instead of an out-of-range index."""
+    import layers
+
+    attn = layers.CausalSelfAttention(4, 64, is_causal=True).to("cuda", torch.float16).eval()
+    cache = layers.KVCache(2, 8, 4, 16, torch.float16, "cuda")
+    with torch.no_grad():
+        attn(torch.randn(2, 6, 64, device="cuda", dtype=torch.float16), kv_cache=cache)  # the prompt (and compiles)
+        attn(torch.randn(2, 1, 64, device="cuda", dtype=torch.float16), kv_cache=cache)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            attn(torch.randn(2, 1, 64, device="cuda", dtype=torch.float16), kv_cache=cache)  # 8 of 8 slots
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        with pytest.raises(ValueError, match=r"the cache is full: max_len=8, in use \[8, 8\]"):
+            attn(torch.randn(2, 1, 64, device="cuda", dtype=torch.float16), kv_cache=cache)
+
+
 def test_past_two_to_the_31_elements():
     """Keys and values of 3 x 2^30 elements each: base offsets past 2^31 need 64-bit arithmetic."""
     S = 1 << 23
