@@ -47,7 +47,8 @@ class KVCache:
 
     Attributes:
         keys, values: ``(batch_size, max_len, num_heads, head_dim)`` buffers.
-        lengths: ``(batch_size,)`` int64: slots in use per sequence.
+        lengths: ``(batch_size,)`` int64: slots in use per sequence (changed by the appends and `reset` only: the
+            cache also counts on the host, so that a decoding step on a GPU reads nothing back).
         memory: the cross-attention keys and values of a decoder layer's memory, once computed (else None).
     """
 
@@ -72,10 +73,12 @@ class KVCache:
         self._on_cpu = self.keys.device.type == "cpu"  # where reading the lengths costs no synchronisation
         self.started = False  # whether tokens were added (host-side: no read of the lengths)
         self.ragged = False  # whether sequences may hold different numbers of tokens (a nested prompt was added)
-        # the longest sequence's length, kept on the host by eager appends: off the CPU, a decoding step checks the
-        # room against it without reading the lengths (appends inside torch.compile are not counted: the check
-        # then misses, never refuses wrongly)
+        # the longest sequence's length, kept on the host by eager appends: off the CPU a decoding step checks the
+        # room against it, and, while every sequence is as long, writes one slice there, without reading the
+        # lengths. An append inside torch.compile is not counted: it marks the count unknown until the lengths are
+        # read again (a nested prompt) or the cache is reset.
         self._longest = 0
+        self._counted = True
 
     @property
     def batch_size(self) -> int:
@@ -90,7 +93,7 @@ class KVCache:
         self.lengths.zero_()
         self.memory = None
         self.started = self.ragged = False
-        self._longest = 0
+        self._longest, self._counted = 0, True
 
     def __repr__(self) -> str:
         b, n, h, d = self.keys.shape
@@ -116,24 +119,37 @@ class KVCache:
         if self.batch_size != B:
             raise ArgumentError(f"the cache holds {self.batch_size} sequences but {B} were given")
         before = self.lengths.clone()
-        eager = not torch.compiler.is_compiling()
-        if self._on_cpu and eager:
+        if torch.compiler.is_compiling():
+            self._counted = False  # the compiled step's appends are not counted on the host
+            return self._scatter(k, v, before)
+        if self._on_cpu:
             # on CPU the lengths are read for the room check anyway (one operation: a decoding step is a few dozen
-            # small ones, each a measurable share); every sequence as long (the usual decoding step): one slice copy
-            # instead of index arithmetic and a scatter
+            # small ones, each a measurable share)
             in_use = self.lengths.tolist()
-            shortest, longest = min(in_use), max(in_use)
-            self._check_room(longest + T)
-            self._longest = longest + T
-            if shortest == longest:
-                self.keys[:, longest : longest + T] = k
-                self.values[:, longest : longest + T] = v
-                self.lengths += T
-                self.started = True
-                return before
-        elif eager:
-            self._check_room(self._longest + T)  # no read of the lengths: the host knows the longest
-            self._longest += T
+            shortest, self._longest, self._counted = min(in_use), max(in_use), True
+            if shortest != self._longest:
+                self._check_room(self._longest + T)
+                self._longest += T
+                return self._scatter(k, v, before)
+        elif not self._counted or self.ragged:
+            if self._counted:
+                self._check_room(self._longest + T)
+                self._longest += T
+            return self._scatter(k, v, before)
+        # every sequence holds self._longest tokens (the usual decoding step): one slice copy instead of index
+        # arithmetic and a scatter (on a GPU several kernel launches fewer), at a position the host knows
+        start = self._longest
+        self._check_room(start + T)
+        self.keys[:, start : start + T] = k
+        self.values[:, start : start + T] = v
+        self.lengths += T
+        self._longest = start + T
+        self.started = True
+        return before
+
+    def _scatter(self, k: torch.Tensor, v: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+        """Write ``k``/``v (B, T, H, D)`` after each sequence's own length (lengths read on the device only)."""
+        B, T = k.shape[:2]
         rows = torch.arange(B, device=k.device)[:, None].expand(B, T)
         slots = before[:, None] + torch.arange(T, device=k.device)  # (B, T)
         self.keys.index_put_((rows, slots), k)
@@ -150,10 +166,12 @@ class KVCache:
         if offsets.numel() != self.batch_size + 1:
             raise ArgumentError(f"the cache holds {self.batch_size} sequences but {offsets.numel() - 1} were given")
         counts = offsets.diff()
-        if not torch.compiler.is_compiling():  # a prompt, not a decoding step: reading the lengths once is fine
+        if torch.compiler.is_compiling():
+            self._counted = False
+        else:  # a prompt, not a decoding step: reading the lengths once is fine (and makes the count exact again)
             longest = int((self.lengths + counts).max())
             self._check_room(longest)
-            self._longest = longest
+            self._longest, self._counted = longest, True
         before = self.lengths.clone()
         rows = torch.repeat_interleave(torch.arange(self.batch_size, device=k.device), counts, output_size=T)
         slots = before[rows] + torch.arange(T, device=k.device) - offsets[rows]  # (T,)

@@ -149,6 +149,29 @@ def test_a_full_cache_is_refused_off_the_cpu_without_reading_the_lengths(monkeyp
     assert real_tolist(cache.lengths) == [6, 6]
 
 
+def test_off_the_cpu_a_decoding_step_writes_one_slice_where_the_host_count_is_exact(attn, monkeypatch):
+    """Off the CPU (simulated: a CPU cache told it is elsewhere) equal-length steps write one slice at the position
+    the host counted, without index arithmetic; after a step the host did not count (inside torch.compile) the
+    cache scatters by the lengths on the device until a reset; either way token by token equals the full sequence."""
+    x = torch.randn(2, 9, E)
+    full = attn(x)
+    scatters = []
+    real = layers.KVCache._scatter
+    monkeypatch.setattr(layers.KVCache, "_scatter", lambda self, *a: scatters.append(1) or real(self, *a))
+    cache = layers.KVCache(2, 12, H, E // H)
+    cache._on_cpu = False
+    outs = [attn(x[:, :4], kv_cache=cache)] + [attn(x[:, t : t + 1], kv_cache=cache) for t in (4, 5)]
+    assert scatters == []  # prompt and steps: slices
+    compiled = torch.compile(attn, fullgraph=True, backend="eager")
+    outs.append(compiled(x[:, 6:7], kv_cache=cache))  # appended inside a graph: not counted on the host
+    assert not cache._counted
+    outs += [attn(x[:, t : t + 1], kv_cache=cache) for t in (7, 8)]  # the host count is unknown: scatter
+    assert len(scatters) == 3 and cache.lengths.tolist() == [9, 9]
+    assert_close(torch.cat(outs, dim=1), full, "cached output")
+    cache.reset()
+    assert cache._counted and cache._longest == 0
+
+
 def test_cache_errors(attn):
     cache = layers.KVCache(2, 4, H, E // H)
     attn(torch.randn(2, 3, E), kv_cache=cache)
