@@ -114,14 +114,19 @@ class KVCache:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Add the same number ``T`` of new tokens to every sequence: ``k``/``v (B, T, H, D)``. Returns the lengths
         before (``(B,)``)."""
+        before = self.lengths.clone()
+        self._append(k, v)
+        return before
+
+    def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """`append` without its return value (the attention modules': a decoding step copies no lengths)."""
         B, T, H, D = k.shape
         self._check(k, H, D)
         if self.batch_size != B:
             raise ArgumentError(f"the cache holds {self.batch_size} sequences but {B} were given")
-        before = self.lengths.clone()
         if torch.compiler.is_compiling():
             self._counted = False  # the compiled step's appends are not counted on the host
-            return self._scatter(k, v, before)
+            return self._scatter(k, v)
         if self._on_cpu:
             # on CPU the lengths are read for the room check anyway (one operation: a decoding step is a few dozen
             # small ones, each a measurable share)
@@ -130,12 +135,12 @@ class KVCache:
             if shortest != self._longest:
                 self._check_room(self._longest + T)
                 self._longest += T
-                return self._scatter(k, v, before)
+                return self._scatter(k, v)
         elif not self._counted or self.ragged:
             if self._counted:
                 self._check_room(self._longest + T)
                 self._longest += T
-            return self._scatter(k, v, before)
+            return self._scatter(k, v)
         # every sequence holds self._longest tokens (the usual decoding step): one slice copy instead of index
         # arithmetic and a scatter (on a GPU several kernel launches fewer), at a position the host knows
         start = self._longest
@@ -145,18 +150,16 @@ class KVCache:
         self.lengths += T
         self._longest = start + T
         self.started = True
-        return before
 
-    def _scatter(self, k: torch.Tensor, v: torch.Tensor, before: torch.Tensor) -> torch.Tensor:
+    def _scatter(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write ``k``/``v (B, T, H, D)`` after each sequence's own length (lengths read on the device only)."""
         B, T = k.shape[:2]
         rows = torch.arange(B, device=k.device)[:, None].expand(B, T)
-        slots = before[:, None] + torch.arange(T, device=k.device)  # (B, T)
+        slots = self.lengths[:, None] + torch.arange(T, device=k.device)  # (B, T), before the lengths grow
         self.keys.index_put_((rows, slots), k)
         self.values.index_put_((rows, slots), v)
         self.lengths += T
         self.started = True
-        return before
 
     def append_packed(self, k: torch.Tensor, v: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Add a different number of tokens to each sequence: packed ``k``/``v (T, H, D)`` with ``offsets (B + 1,)``
@@ -221,7 +224,7 @@ def cached_attention(
     import kernels
 
     if offsets is None:
-        cache.append(k, v)
+        cache._append(k, v)
         keys, values = cache.view()  # (B, H, max_len, D)
         out = kernels.decode_attention(q.transpose(1, 2), keys, values, cache.lengths, enable_gqa=True)
         return out.transpose(1, 2)  # (B, T, H, D)

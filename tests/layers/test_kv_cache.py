@@ -136,8 +136,8 @@ def test_a_full_cache_is_refused_off_the_cpu_without_reading_the_lengths(monkeyp
     real_tolist = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(t.shape) or real_tolist(t))
     step = torch.randn(2, 2, H, E // H)
-    cache.append(step, step)  # 4 and 6: fits, nothing read on the host
-    assert reads == [] and real_tolist(cache.lengths) == [4, 6]
+    before = cache.append(step, step)  # 4 and 6: fits, nothing read on the host
+    assert reads == [] and real_tolist(cache.lengths) == [4, 6] and real_tolist(before) == [2, 4]
     one = torch.randn(2, 1, H, E // H)
     with pytest.raises(ValueError, match=r"the cache is full: max_len=6, in use \[4, 6\], and this append would make "
                                          r"a sequence 7 tokens long"):  # fmt: skip
