@@ -46,9 +46,7 @@ def torch_sdpa(
         else:
             empty = torch.isneginf(attn_mask).all(dim=-1, keepdim=True)
             attn_mask = attn_mask.masked_fill(empty, 0.0)
-    measured = query.device.type != "cpu" and attn_mask is None  # the sweep measures unmasked calls
-    priority = torch_priority(query, key, None, is_causal, dropout_p) if measured else None
-    with priority or contextlib.nullcontext():
+    with torch_priority(query, key, attn_mask, is_causal, dropout_p) or contextlib.nullcontext():
         out = F.scaled_dot_product_attention(
             query,
             key,

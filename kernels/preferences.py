@@ -141,7 +141,8 @@ def priority_order(best: str, enabled: dict[str, bool]) -> list[str] | None:
 def torch_priority(query: torch.Tensor, key: torch.Tensor, attn_mask: object, is_causal: bool, dropout_p: float = 0.0):
     """A ``torch.nn.attention.sdpa_kernel(..., set_priority=True)`` block that makes torch try the kernel measured
     fastest for this call first, or None (nothing measured, CPU, tracing, or an older torch)."""
-    if torch_sdpa_kernel is None or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    tracing = torch.compiler.is_compiling() or torch.jit.is_tracing()
+    if query.device.type != "cuda" or torch_sdpa_kernel is None or tracing:
         return None
     entry = _entry(query, key, attn_mask, is_causal, dropout_p)
     if entry is None:

@@ -252,9 +252,7 @@ def _detail(
         how = "torch's dense SDPA" if backend is Backend.TORCH else "the reference attention"
         return f"{how} on buckets of similar lengths: {n} call(s) for {query.size(0)} sequences"
     if backend is Backend.TORCH:
-        # the priority `dispatch.torch_sdpa` sets where a sweep measured this case on this card
-        measured = query.is_cuda and attn_mask is None
-        priority = torch_priority(query, key, None, is_causal, dropout_p) if measured else None
+        priority = torch_priority(query, key, attn_mask, is_causal, dropout_p)  # as `dispatch.torch_sdpa` sets it
         try:  # a private torch function: if it moves, explain still answers
             with priority or contextlib.nullcontext():
                 choice = torch._fused_sdp_choice(
@@ -263,8 +261,8 @@ def _detail(
             kernel = _TORCH_KERNELS.get(int(choice), f"backend {int(choice)}")
         except (AttributeError, RuntimeError, TypeError):
             kernel = "a kernel of its choice"
-        measured = ", tried first as the fastest measured on this card" if priority else ""
-        return f"torch.nn.functional.scaled_dot_product_attention, which picks {kernel}{measured}"
+        first = ", tried first as the fastest measured on this card" if priority else ""
+        return f"torch.nn.functional.scaled_dot_product_attention, which picks {kernel}{first}"
     if backend is Backend.MATH:
         return "kernels.reference.attention_reference, step by step in the input dtype"
     return "the fused Triton kernel"
