@@ -127,28 +127,23 @@ class KVCache:
         if torch.compiler.is_compiling():
             self._counted = False  # the compiled step's appends are not counted on the host
             return self._scatter(k, v)
-        if self._on_cpu:
-            # on CPU the lengths are read for the room check anyway (one operation: a decoding step is a few dozen
-            # small ones, each a measurable share)
+        if self._on_cpu:  # reading the lengths costs nothing here (one operation): the count is exact again
             in_use = self.lengths.tolist()
-            shortest, self._longest, self._counted = min(in_use), max(in_use), True
-            if shortest != self._longest:
-                self._check_room(self._longest + T)
-                self._longest += T
-                return self._scatter(k, v)
-        elif not self._counted or self.ragged:
-            if self._counted:
-                self._check_room(self._longest + T)
-                self._longest += T
-            return self._scatter(k, v)
-        # every sequence holds self._longest tokens (the usual decoding step): one slice copy instead of index
-        # arithmetic and a scatter (on a GPU several kernel launches fewer), at a position the host knows
+            self._longest, self._counted = max(in_use), True
+            as_long = min(in_use) == self._longest
+        else:  # on a GPU, what the host counted: nothing is read back
+            as_long = self._counted and not self.ragged
         start = self._longest
-        self._check_room(start + T)
+        if self._counted:
+            self._check_room(start + T)
+            self._longest = start + T
+        if not as_long:
+            return self._scatter(k, v)
+        # every sequence holds `start` tokens (the usual decoding step): one slice copy instead of index arithmetic
+        # and a scatter (on a GPU several kernel launches fewer)
         self.keys[:, start : start + T] = k
         self.values[:, start : start + T] = v
         self.lengths += T
-        self._longest = start + T
         self.started = True
 
     def _scatter(self, k: torch.Tensor, v: torch.Tensor) -> None:
