@@ -71,6 +71,13 @@ if torch.cuda.is_available():
         info["driver"] = smi.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         info["driver"] = None
+    # which kernel torch's own SDPA picks for the sweep's headline shape (what a torch.nn layer runs), by its order
+    q = torch.randn(4, 16, 4096, 128, device="cuda", dtype=torch.float16)
+    try:
+        names = {0: "math", 1: "flash", 2: "efficient", 3: "cuDNN"}
+        info["torch_default_sdpa_d128_fp16_L4k"] = names.get(int(torch._fused_sdp_choice(q, q, q)), "other")
+    except (AttributeError, RuntimeError, TypeError):
+        info["torch_default_sdpa_d128_fp16_L4k"] = None
 else:
     info.update(card=None, note="no CUDA device: GPU-only parts are skipped")
 print(json.dumps(info))
@@ -82,7 +89,9 @@ def _summarise_env(out: pathlib.Path) -> dict:
     if not path.exists():
         return {}
     info = json.loads(path.read_text())
-    return {k: info.get(k) for k in ("card", "sm_count", "memory_gib", "driver", "torch", "triton", "cuda_runtime")}
+    keys = ("card", "sm_count", "memory_gib", "driver", "torch", "triton", "cuda_runtime")
+    keys += ("torch_default_sdpa_d128_fp16_L4k",)
+    return {k: info.get(k) for k in keys}
 
 
 def _summarise_pytest(out: pathlib.Path) -> dict:

@@ -9,9 +9,10 @@ inputs, masks, bands other than top-left causal, ...) keep ``TRITON`` first. A c
 the default order.
 
 ``TORCH`` then runs the torch kernel the sweep measured fastest (`torch_priority`), not the one torch would pick:
-torch 2.11 tries flash before cuDNN, and on an H200 cuDNN was 1.7x faster than torch's flash at d=128, fp16,
-while this package's kernel was between the two (docs/benchmarks.md, GPU runs). bfloat16 calls use the float16
-measurement of the same case until bfloat16 is measured (the same kernels and tensor-core rate on both).
+torch puts cuDNN after flash in its default order (pytorch#138522), and on an H200 cuDNN was 1.7x faster than torch's
+flash at d=128, fp16, while this package's kernel was between the two (docs/benchmarks.md, GPU runs). bfloat16 calls
+use the float16 measurement of the same case until bfloat16 is measured (the same kernels and tensor-core rate on
+both).
 
 ``python -m kernels.preferences SWEEP.json`` writes the file from a sweep's JSON (see docs/decisions.md).
 """
