@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from . import triton as fused
 from ._validate import validate_sdpa_args
-from .backends import Backend
+from .backends import Backend, enabled_backends
 from .dispatch import DENSE, profiled, select
 
 __all__ = ["decode_attention"]
@@ -63,22 +64,47 @@ def decode_attention(
         )
     if lengths.device != query.device:
         raise ValueError(f"lengths is on {lengths.device} but query is on {query.device}; move it to one device")
-    needs_grad = any(t.requires_grad for t in (query, key_cache, value_cache))
-    backend, _ = select(query, key_cache, value_cache, decode=needs_grad)
+    return decode_attention_unchecked(query, key_cache, value_cache, lengths, scale, enable_gqa)
+
+
+def decode_attention_unchecked(
+    query: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    lengths: torch.Tensor,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    in_use: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """`decode_attention` for callers that validated the inputs themselves (`layers.KVCache`'s attention): a
+    decoding step on CPU at batch 1 is a few dozen small operations, and validating again costs a measurable share.
+    ``in_use``: the shortest and longest lengths, where the caller knows them (on CPU; else they are read)."""
+    eager_cpu = query.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
+    if eager_cpu and enabled_backends() is None:
+        backend = Backend.TORCH  # what `select` gives on CPU outside an sdpa_kernel block (TORCH serves every input)
+    else:
+        needs_grad = query.requires_grad or key_cache.requires_grad or value_cache.requires_grad
+        backend, _ = select(query, key_cache, value_cache, decode=needs_grad)
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
     with profiled("decode_attention", backend):
         if backend is Backend.TRITON:
             return fused.decode_attention(query, key_cache, value_cache, lengths, scale)
         T, max_len = query.size(2), key_cache.size(2)
-        if query.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        if eager_cpu:
             # on CPU reading the lengths costs nothing: attend over the slots in use only, and without a mask where
             # one new token per sequence sees all of them (every sequence as long): torch's fused kernel then
             # runs unmasked (measured ~2x less time per call at batch 1, half the cache in use)
-            in_use = lengths.tolist()  # one operation (aminmax and two reads are three)
-            shortest, longest = min(in_use), max(in_use)
+            if in_use is None:
+                counts = lengths.tolist()  # one operation (aminmax and two reads are three)
+                in_use = min(counts), max(counts)
+            shortest, longest = in_use
             max_len = min(max_len, max(longest, 1))  # one slot at least: an empty cache still gives zeros (masked)
-            key_cache, value_cache = key_cache[:, :, :max_len], value_cache[:, :, :max_len]
+            key_cache, value_cache = key_cache.narrow(2, 0, max_len), value_cache.narrow(2, 0, max_len)
             if T == 1 and 0 < shortest == longest:
+                if backend is Backend.TORCH:  # what torch_sdpa does on CPU without a mask, minus its wrappers
+                    return F.scaled_dot_product_attention(
+                        query, key_cache, value_cache, scale=scale, enable_gqa=enable_gqa
+                    )
                 return DENSE[backend](query, key_cache, value_cache, None, 0.0, False, scale, enable_gqa)
         cols = torch.arange(max_len, device=query.device)
         last = lengths.to(query.device)[:, None, None, None] - T + torch.arange(T, device=query.device)[:, None]

@@ -29,6 +29,9 @@ from collections.abc import Callable
 
 import torch
 
+import kernels
+from kernels.decode import decode_attention_unchecked
+
 from .errors import ArgumentError
 
 __all__ = ["KVCache", "cached_attention", "generate", "sample"]
@@ -79,6 +82,9 @@ class KVCache:
         # read again (a nested prompt) or the cache is reset.
         self._longest = 0
         self._counted = True
+        # on CPU, the shortest and longest lengths after the last dense append (the attention that follows it then
+        # reads nothing again); None elsewhere
+        self._in_use: tuple[int, int] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -124,13 +130,15 @@ class KVCache:
         self._check(k, H, D)
         if self.batch_size != B:
             raise ArgumentError(f"the cache holds {self.batch_size} sequences but {B} were given")
+        self._in_use = None
         if torch.compiler.is_compiling():
             self._counted = False  # the compiled step's appends are not counted on the host
             return self._scatter(k, v)
         if self._on_cpu:  # reading the lengths costs nothing here (one operation): the count is exact again
             in_use = self.lengths.tolist()
-            self._longest, self._counted = max(in_use), True
-            as_long = min(in_use) == self._longest
+            shortest, self._longest, self._counted = min(in_use), max(in_use), True
+            as_long = shortest == self._longest
+            self._in_use = (shortest + T, self._longest + T)  # after this append (unless it is refused)
         else:  # on a GPU, what the host counted: nothing is read back
             as_long = self._counted and not self.ragged
         start = self._longest
@@ -216,12 +224,12 @@ def cached_attention(
     """Append the new tokens' ``k``/``v`` to ``cache`` and attend from their queries over everything cached,
     causally (bottom-right aligned). Dense ``(B, T, H, D)`` (the same ``T`` new tokens per sequence), or packed
     ``(T, H, D)`` with ``offsets (B + 1,)``; the output has ``q``'s layout."""
-    import kernels
-
     if offsets is None:
+        _check_queries(q, k)
         cache._append(k, v)
         keys, values = cache.view()  # (B, H, max_len, D)
-        out = kernels.decode_attention(q.transpose(1, 2), keys, values, cache.lengths, enable_gqa=True)
+        # validated here and by the append (a decoding step is small: checking twice is a measurable share of it)
+        out = decode_attention_unchecked(q.transpose(1, 2), keys, values, cache.lengths, None, True, cache._in_use)
         return out.transpose(1, 2)  # (B, T, H, D)
     fresh = not cache.ragged and not cache.started
     cache.append_packed(k, v, offsets)
@@ -230,6 +238,17 @@ def cached_attention(
     keys, values, key_offsets = cache.packed()  # a ragged continuation: each sequence's cached keys
     band = kernels.sliding_window(None, None, None, 0, lower_right=True)
     return kernels.varlen_attention(q, keys, values, offsets, key_offsets, attn_mask=band, enable_gqa=True)
+
+
+def _check_queries(q: torch.Tensor, k: torch.Tensor) -> None:
+    """What `kernels.decode_attention` would check of the queries, given keys the cache checked."""
+    if q.dim() != 4 or q.shape[:2] != k.shape[:2] or q.size(-1) != k.size(-1) or q.size(2) % k.size(2):
+        raise ArgumentError(
+            f"queries {tuple(q.shape)} do not fit the new keys {tuple(k.shape)}: both (B, T, heads, head_dim), "
+            "with the same B, T and head_dim, and a multiple of the key heads as query heads"
+        )
+    if q.dtype != k.dtype or q.device != k.device:
+        raise ArgumentError(f"queries are {q.dtype} on {q.device} but keys {k.dtype} on {k.device}")
 
 
 @torch.no_grad()

@@ -183,5 +183,14 @@ def test_cache_errors(attn):
         layers.CausalSelfAttention(H, E)(torch.randn(2, 1, E), kv_cache=layers.KVCache(2, 4, H, E // H))
     with pytest.raises(ValueError, match="KVCache: max_len must be a positive int"):
         layers.KVCache(2, 0, H, 8)
+    # cached_attention's own check of the queries (the decoding step does not validate them again)
+    k = v = torch.randn(2, 1, H, E // H)
+    for q, message in (
+        (torch.randn(2, 1, 3, E // H), r"queries \(2, 1, 3, 8\) do not fit the new keys \(2, 1, 4, 8\)"),
+        (torch.randn(2, 2, H, E // H), r"queries \(2, 2, 4, 8\) do not fit"),
+        (torch.randn(2, 1, H, E // H, dtype=torch.float64), "queries are torch.float64 on cpu but keys torch.float32"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            layers.kv_cache.cached_attention(q, k, v, layers.KVCache(2, 4, H, E // H))
     cache.reset()
     assert cache.lengths.tolist() == [0, 0] and not cache.started
