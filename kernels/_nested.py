@@ -102,6 +102,21 @@ def _band_keep(band: Band | None, lq: int, lk: int, q_len: int, k_len: int) -> t
     return keep
 
 
+def _needs_mask(band: Band | None, is_causal: bool, lq: int, lk: int, lens: list[tuple[int, int]]) -> bool:
+    """Whether a bucket padded to ``lq`` x ``lk`` needs a mask tensor for its members' ``(q_len, k_len)``.
+
+    Padded query rows need none: their outputs are never gathered back (nor their gradients). Padded keys need
+    one, unless nothing real sees them: under top-left causality (square bucket) query ``i`` sees keys ``j <= i``,
+    all real where a sequence has at least as many keys as queries (self-attention). Without a mask tensor torch's
+    kernels skip the blocks above the diagonal; with one they compute the whole square (a padded causal bucket
+    took twice the attention time)."""
+    if band is None:
+        return any(k_len != lk for _, k_len in lens)
+    if is_causal and lq == lk:
+        return any(q_len > k_len for q_len, k_len in lens)
+    return True
+
+
 @functools.lru_cache(maxsize=64)
 def plan(q_lens: tuple[int, ...], k_lens: tuple[int, ...], band: Band | None, device: torch.device) -> Plan:
     """The buckets of a batch, its gather indices and masks (cached: every layer of a model sees the same lengths).
@@ -124,9 +139,8 @@ def plan(q_lens: tuple[int, ...], k_lens: tuple[int, ...], band: Band | None, de
             k_index += [*range(k_starts[b], k_starts[b + 1]), *([0] * (lk - k_lens[b]))]
             for j, row in enumerate(rows):
                 out_index[row] = q0 + i * lq + j
-        ragged = any(q_lens[b] != lq or k_lens[b] != lk for b in group)
         mask = None
-        if ragged or (band is not None and not (is_causal and lq == lk)):
+        if _needs_mask(band, is_causal, lq, lk, [(q_lens[b], k_lens[b]) for b in group]):
             mask = torch.stack([_band_keep(band, lq, lk, q_lens[b], k_lens[b]) for b in group])[:, None].to(device)
         bucket = Bucket(tuple(group), lq, lk, slice(q0, len(q_index)), slice(k0, len(k_index)), mask, is_causal)
         buckets.append(dataclasses.replace(bucket, causal=is_causal and mask is None))

@@ -178,3 +178,25 @@ def test_triton_has_no_mask_tensor_for_bands(backend):
     q = torch.randn(1, 2, 40, 16)
     launch, _, _ = ops.forward_launch(q, q, q, None, None, 0.0, 0.25, 7, 0, True, False, ops._Layout(q, q))
     assert launch.args[3] is None and launch.kwargs["HAS_LEFT"] and launch.kwargs["LOWER_RIGHT"]
+
+
+def test_chunked_window_compiles_and_keeps_its_mask_between_calls(backend):
+    """The chunks' additive mask is built once per size in eager mode (a decoder calls every layer with the same
+    sizes) and built inside the graph under torch.compile (no cached tensor becomes a graph constant)."""
+    from kernels import window
+
+    if backend is not kernels.Backend.TORCH:
+        pytest.skip("only TORCH computes windows chunk by chunk")
+    q, k, v = (torch.randn(1, 2, 300, 8) for _ in range(3))
+    band = sliding_window(300, 300, 40)
+    window._cached_chunk_mask.cache_clear()
+    with only(backend):
+        eager = kernels.scaled_dot_product_attention(q, k, v, attn_mask=band)
+        kernels.scaled_dot_product_attention(q, k, v, attn_mask=band)
+        assert window._cached_chunk_mask.cache_info()[:2] == (1, 1)  # (hits, misses)
+        torch._dynamo.reset()
+        compiled = torch.compile(
+            lambda q, k, v: kernels.scaled_dot_product_attention(q, k, v, attn_mask=band), fullgraph=True
+        )
+        torch.testing.assert_close(compiled(q, k, v), eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(eager, attention_reference(q, k, v, band.materialize()), rtol=1e-5, atol=1e-5)
