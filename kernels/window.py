@@ -35,8 +35,9 @@ def windowed_attention(
     L, S = query.size(-2), key.size(-2)
     width = band.left + band.right + 1
     # a chunk sees C + width - 1 keys: a smaller chunk computes fewer masked pairs, but each key is read by more
-    # chunks (the slices overlap; backward sums their gradients). Measured at L = 4096, head dim 32, forward + backward: window 128 fastest at C = 64
-    # (1.18x C = 128; C = 32 1.13x), window 512 at C = 128 (C = 64 0.88x, C = 32 0.68x): C about half the window
+    # chunks (the slices overlap; backward sums their gradients). Measured at L = 4096, head dim 32, forward +
+    # backward: window 128 fastest at C = 64 (1.18x C = 128; C = 32 1.13x), window 512 at C = 128 (C = 64 0.88x,
+    # C = 32 0.68x): C about half the window
     chunk = min(CHUNK, 1 << max(5, (width // 2).bit_length() - 1), max(16, L))
     span = chunk + width - 1  # keys one chunk sees
     if 2 * span > S:
