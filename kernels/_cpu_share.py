@@ -112,6 +112,9 @@ class _AtOutput(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         ctx.limit.set()
+        # lifted where the inputs' gradients are complete (`_AtInputs`), at the latest when this backward ends: a
+        # call whose inputs need no gradient (a stack of layers on data) has only its parameters' gradients
+        torch.autograd.Variable._execution_engine.queue_callback(ctx.limit.lift)
         return None, grad
 
 
@@ -134,7 +137,12 @@ def on_free_threads(run: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> 
     unchanged on a quiet machine, on CUDA, and while tracing.
 
     The backward limit comes from two identity autograd nodes around the call, not from a graph of its own, so
-    ``retain_graph``, double backward and ``torch.autograd.grad`` behave exactly as without it.
+    ``retain_graph``, double backward and ``torch.autograd.grad`` behave exactly as without it. It is set when the
+    backward reaches the output and lifted when the inputs' gradients are complete, or, where no input needs one
+    (a stack of layers on data: only its parameters do), when that backward ends.
+
+    ``run`` may be a whole stack of layers (`layers`' packed paths): calls inside it see the limit already set and
+    run as they are.
     """
     if inputs[0].device.type != "cpu" or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return run(*inputs)
@@ -144,14 +152,17 @@ def on_free_threads(run: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> 
     n = free_threads()
     if n >= torch.get_num_threads():
         return run(*inputs)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in inputs)):
+    if not torch.is_grad_enabled():
         with threads(n):
             return run(*inputs)
     limit = _Limit(n)
-    inputs = _AtInputs.apply(limit, *inputs)
+    needing = [i for i, t in enumerate(inputs) if t.requires_grad]
+    if needing:  # only those: an input passed through would need a gradient it does not need (more work)
+        passed = iter(_AtInputs.apply(limit, *(inputs[i] for i in needing)))
+        inputs = tuple(next(passed) if i in needing else t for i, t in enumerate(inputs))
     with threads(n):
         out = run(*inputs)
-    return _AtOutput.apply(limit, out)
+    return _AtOutput.apply(limit, out) if out.requires_grad else out
 
 
 def _outside_backward() -> bool:

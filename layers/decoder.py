@@ -13,6 +13,8 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 
+from kernels._cpu_share import on_free_threads
+
 from ._layer import (
     FeedForwardLayer,
     as_ours,
@@ -159,8 +161,15 @@ class TransformerDecoderLayer(FeedForwardLayer, nn.TransformerDecoderLayer):
         return self._residual(x, self._ff_block, self.norm3)
 
     def packed_forward(self, x, x_offsets, memory, memory_offsets, is_causal: bool, memory_is_causal: bool):
-        """The layer on packed target tokens ``x (T, E)`` and packed ``memory (S_total, E)`` -> ``(T, E)``."""
+        """The layer on packed target tokens ``x (T, E)`` and packed ``memory (S_total, E)`` -> ``(T, E)`` (on the
+        threads other processes leave free, forward and backward: see `on_free_threads`)."""
 
+        def run(x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+            return self._packed_forward(x, x_offsets, memory, memory_offsets, is_causal, memory_is_causal)
+
+        return on_free_threads(run, x, memory)
+
+    def _packed_forward(self, x, x_offsets, memory, memory_offsets, is_causal: bool, memory_is_causal: bool):
         def attend(h: torch.Tensor) -> torch.Tensor:
             return self.dropout1(self.self_attn.packed_call(h, x_offsets, is_causal))
 
@@ -281,7 +290,15 @@ class TransformerDecoder(TorchScriptable, ConfigMixin, nn.TransformerDecoder):
         return zero_padding(output, tgt_key_padding_mask, batch_first)
 
     def packed(self, x, x_offsets, memory, memory_offsets, is_causal: bool, memory_is_causal: bool) -> torch.Tensor:
-        """The stack (and its norm) on packed target tokens and packed memory."""
+        """The stack (and its norm) on packed target tokens and packed memory (on the threads other processes leave
+        free, forward and backward: see `on_free_threads`)."""
+
+        def run(x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+            return self._packed(x, x_offsets, memory, memory_offsets, is_causal, memory_is_causal)
+
+        return on_free_threads(run, x, memory)
+
+    def _packed(self, x, x_offsets, memory, memory_offsets, is_causal: bool, memory_is_causal: bool) -> torch.Tensor:
         for layer in self.layers:
             if has_hooks(layer):  # called as a module, with nested tensors, so that its hooks see the call
                 kwargs = {"tgt_is_causal": is_causal, "memory_is_causal": memory_is_causal}

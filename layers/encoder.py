@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from kernels._cpu_share import on_free_threads
+
 from ._layer import (
     FeedForwardLayer,
     as_ours,
@@ -86,8 +88,11 @@ class TransformerEncoderLayer(FeedForwardLayer, nn.TransformerEncoderLayer):
         return zero_padding(self._residual(out, self._ff_block, self.norm2), src_key_padding_mask, batch_first)
 
     def packed_forward(self, x: torch.Tensor, offsets: torch.Tensor, is_causal: bool) -> torch.Tensor:
-        """The layer on packed tokens ``x (T, E)`` of sequences ``offsets (N + 1,)`` -> ``(T, E)``."""
+        """The layer on packed tokens ``x (T, E)`` of sequences ``offsets (N + 1,)`` -> ``(T, E)`` (on the threads
+        other processes leave free, forward and backward: see `on_free_threads`)."""
+        return on_free_threads(lambda t: self._packed_forward(t, offsets, is_causal), x)
 
+    def _packed_forward(self, x: torch.Tensor, offsets: torch.Tensor, is_causal: bool) -> torch.Tensor:
         def attend(h: torch.Tensor) -> torch.Tensor:
             return self.dropout1(self.self_attn.packed_call(h, offsets, is_causal))
 
@@ -189,7 +194,11 @@ class TransformerEncoder(TorchScriptable, ConfigMixin, nn.TransformerEncoder):
         return all(isinstance(layer, TransformerEncoderLayer) for layer in self.layers)
 
     def packed(self, x: torch.Tensor, offsets: torch.Tensor, is_causal: bool) -> torch.Tensor:
-        """The stack (and its norm) on packed tokens ``x (T, E)`` of sequences ``offsets (N + 1,)``."""
+        """The stack (and its norm) on packed tokens ``x (T, E)`` of sequences ``offsets (N + 1,)`` (on the threads
+        other processes leave free, forward and backward: see `on_free_threads`)."""
+        return on_free_threads(lambda t: self._packed(t, offsets, is_causal), x)
+
+    def _packed(self, x: torch.Tensor, offsets: torch.Tensor, is_causal: bool) -> torch.Tensor:
         for layer in self.layers:
             x = call_packed(layer, x, offsets, is_causal=is_causal)
         return x if self.norm is None else self.norm(x)

@@ -81,6 +81,25 @@ def test_forward_and_backward_run_on_the_free_threads(monkeypatch, two_threads):
     torch.testing.assert_close(b.grad, a.detach() * b.detach().cos())
 
 
+def test_a_stack_on_data_runs_its_backward_on_the_free_threads_until_it_ends(monkeypatch, two_threads):
+    """Inputs that need no gradient (data into a stack of layers): the parameters' backward is limited too, and the
+    thread count is back when the backward ends."""
+    _others(monkeypatch, os.cpu_count() - 1.0)
+    weight = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    seen = []
+
+    def run(x):
+        out = x @ weight
+        out.register_hook(lambda g: seen.append(torch.get_num_threads()))
+        return out.tanh()
+
+    x = torch.randn(4, 3, dtype=torch.float64)
+    out = _cpu_share.on_free_threads(run, x)
+    (out * 2).sum().backward()
+    assert seen == [1] and torch.get_num_threads() == 2
+    torch.testing.assert_close(weight.grad, x.T @ (2 * (1 - out.detach() ** 2)))
+
+
 def test_no_grad_inputs_and_a_quiet_machine_take_the_plain_call(monkeypatch, two_threads):
     _others(monkeypatch, 0.0)
     x = torch.ones(2, requires_grad=True) * 2
