@@ -1,18 +1,17 @@
 """Band masks on the ``TORCH`` and ``MATH`` backends: torch's own causal flag where it is one, a chunked computation
 for sliding windows (so a window costs ``L x window``, not ``L x S``), the materialised mask otherwise.
 
-Chunks: the queries are cut into chunks of ``C`` rows; the rows of a chunk starting at ``c0`` can only see the keys
-``[c0 + shift - left, c0 + C - 1 + shift + right]``, a slice of ``C + left + right`` keys, taken as overlapping
-windows (``unfold``) of one zero-padded copy of the keys. Within that slice the band is the same for every chunk
-(row ``r`` sees slice columns ``r .. r + left + right``), so one dense 4-D call over (batch x chunk, head) with a
-``(chunks, C, C + left + right)`` mask (the band, and the slice's columns that fall outside the keys) computes every
-chunk at once. The mask is additive in the queries' dtype (torch converts a bool mask on every call) and kept
-between calls of the same sizes; ``C`` is about half the window (`windowed_attention`).
+Chunks: the queries are cut into chunks of ``C`` rows (``C`` about half the window); the rows of a chunk starting at
+``c0`` can only see the keys ``[c0 + shift - left, c0 + C - 1 + shift + right]``, a slice of ``C + left + right``
+keys, taken as overlapping windows (``unfold``) of the keys themselves. Within that slice the band is the same for
+every chunk (row ``r`` sees slice columns ``r .. r + left + right``), so one dense 4-D call over (batch x chunk,
+head) with one ``(C, C + left + right)`` mask, broadcast over the chunks, computes every chunk whose slice lies
+inside the keys. The rows before and after those chunks (a causal window's first chunks, whose slices would start
+before key 0, and a last partial chunk) run as one or two small calls over the keys they see.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
@@ -29,7 +28,7 @@ def windowed_attention(
     attend: DenseAttention, query, key, value, band: Band, dropout_p: float, scale, enable_gqa: bool
 ) -> torch.Tensor | None:
     """The band of a sliding window chunk by chunk (see the module), or None where that saves no work (a side
-    unbounded, or a window about as wide as the keys)."""
+    unbounded, a window about as wide as the keys, or no chunk whose slice lies inside the keys)."""
     if band.left is None or band.right is None:
         return None
     L, S = query.size(-2), key.size(-2)
@@ -40,66 +39,50 @@ def windowed_attention(
     # C = 32 0.68x): C about half the window
     chunk = min(CHUNK, 1 << max(5, (width // 2).bit_length() - 1), max(16, L))
     span = chunk + width - 1  # keys one chunk sees
-    if 2 * span > S:
+    first = band.shift(L, S) - band.left  # key index of chunk 0's first slice column (chunk c's: first + c * C)
+    lo = max(0, -(first // chunk))  # the first chunk whose slice starts inside the keys
+    hi = min(L // chunk, (S - span - first) // chunk + 1)  # past the last whole chunk whose slice ends inside them
+    if 2 * span > S or hi <= lo:
         return None
     batch_shape = query.shape[:-3] if query.dim() >= 3 else ()
     q, k, v = (t.reshape(-1, *t.shape[-3:]) if t.dim() >= 3 else t[None, None] for t in (query, key, value))
     if enable_gqa and k.size(1) != q.size(1):  # heads move off dim -3 below: repeat them first
         k, v = (t.repeat_interleave(q.size(1) // t.size(1), dim=1) for t in (k, v))
-    chunks = -(-L // chunk)
-    if chunks * chunk != L:
-        q = torch.nn.functional.pad(q, (0, 0, 0, chunks * chunk - L))  # (B, H, chunks * C, E)
-    first = band.shift(L, S) - band.left  # key index of chunk 0's first slice column
+    n, chunks, start = q.size(0), hi - lo, first + lo * chunk
     # batch and chunks as one batch dim: torch's SDPA takes its fused CPU kernel for 4-D inputs only (5-D ones go
     # to the math path, measured 2-3x slower here)
-    n = q.size(0)
-    q = q.unflatten(2, (chunks, chunk)).transpose(1, 2).flatten(0, 1)  # (B * chunks, H, C, E)
-    # the keys' slices as overlapping windows of one zero-padded copy (a view where B = 1: no gather)
-    pad_left, pad_right = max(0, -first), max(0, first + (chunks - 1) * chunk + span - S)
-    k, v = (
-        _pad_keys(t, pad_left, pad_right)[:, :, first + pad_left :]
-        .unfold(2, span, chunk)[:, :, :chunks]
+    q_in = q[:, :, lo * chunk : hi * chunk].unflatten(2, (chunks, chunk)).transpose(1, 2).flatten(0, 1)
+    # the keys' slices as overlapping windows of the keys themselves (a view where B = 1: nothing copied)
+    k_in, v_in = (
+        t[:, :, start : start + (chunks - 1) * chunk + span]
+        .unfold(2, span, chunk)
         .transpose(-1, -2)
         .transpose(1, 2)
         .flatten(0, 1)
         for t in (k, v)
     )  # (B * chunks, H, span, *)
-    mask = _chunk_mask(chunks, chunk, span, width, first, S, q.dtype, q.device)  # (chunks, 1, C, span)
-    if n > 1:
-        mask = mask.repeat(n, 1, 1, 1)  # (B * chunks, 1, C, span)
-    out = attend(q, k, v, mask, dropout_p, False, scale, False)  # (B * chunks, H, C, Ev)
-    out = out.unflatten(0, (n, chunks)).transpose(1, 2).flatten(2, 3)[:, :, :L]  # (B, H, L, Ev)
+    rel = torch.arange(span, device=q.device)[None, :] - torch.arange(chunk, device=q.device)[:, None]
+    mask = (rel >= 0) & (rel < width)  # (C, span): the same band in every chunk, broadcast over them
+    out = attend(q_in, k_in, v_in, mask, dropout_p, False, scale, False)  # (B * chunks, H, C, Ev)
+    pieces = [out.unflatten(0, (n, chunks)).transpose(1, 2).flatten(2, 3)]  # (B, H, chunks * C, Ev)
+    # the rows before and after those chunks (their slices would reach outside the keys), over the keys they see
+    if lo:
+        pieces.insert(0, _rows(attend, q, k, v, band, 0, lo * chunk, L, S, dropout_p, scale))
+    if hi * chunk < L:
+        pieces.append(_rows(attend, q, k, v, band, hi * chunk, L, L, S, dropout_p, scale))
+    out = torch.cat(pieces, dim=2) if len(pieces) > 1 else pieces[0]  # (B, H, L, Ev)
     return out.reshape(*batch_shape, *out.shape[-3:]) if query.dim() >= 3 else out[0, 0]
 
 
-def _pad_keys(t: torch.Tensor, left: int, right: int) -> torch.Tensor:
-    """``t (B, H, S, E)`` with ``left``/``right`` zero rows around its keys: one copy (``F.pad`` fills the whole
-    result with zeros first, then copies: measured as much time again)."""
-    if not (left or right):
-        return t
-    zeros = [t.new_zeros(*t.shape[:2], n, t.size(-1)) for n in (left, right)]
-    return torch.cat([zeros[0], t, zeros[1]], dim=2)
-
-
-def _chunk_mask(chunks: int, chunk: int, span: int, width: int, first: int, S: int, dtype, device) -> torch.Tensor:
-    """The chunks' additive mask ``(chunks, 1, C, span)``: 0 inside the band and the keys, -inf elsewhere. Additive,
-    in the queries' dtype, as torch's kernels take it (a bool mask they convert on every call); kept between calls
-    with the same sizes where it is small, as every layer of a model calls with the same sizes."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or chunks * chunk * span > _CACHED_MASK_ELEMENTS:
-        return _build_chunk_mask(chunks, chunk, span, width, first, S, dtype, device)
-    return _cached_chunk_mask(chunks, chunk, span, width, first, S, dtype, device)
-
-
-def _build_chunk_mask(chunks, chunk, span, width, first, S, dtype, device) -> torch.Tensor:
-    cols = first + torch.arange(chunks, device=device)[:, None] * chunk + torch.arange(span, device=device)
-    inside = (cols >= 0) & (cols < S)  # (chunks, span): slice columns that are keys
-    rel = torch.arange(span, device=device)[None, :] - torch.arange(chunk, device=device)[:, None]
-    keep = ((rel >= 0) & (rel < width))[None] & inside[:, None, :]  # (chunks, C, span)
-    return torch.zeros(keep.shape, dtype=dtype, device=device).masked_fill_(~keep, float("-inf"))[:, None]
-
-
-_CACHED_MASK_ELEMENTS = 1 << 22  # 16 MB in float32: a window of 1,024 keys at L = 4,096
-_cached_chunk_mask = functools.lru_cache(maxsize=8)(_build_chunk_mask)
+def _rows(attend, q, k, v, band: Band, r0: int, r1: int, L: int, S: int, dropout_p: float, scale) -> torch.Tensor:
+    """Rows ``[r0, r1)`` of the band's attention, over the keys those rows can see, with the band as a mask."""
+    shift = band.shift(L, S)
+    k0, k1 = max(0, r0 + shift - band.left), min(S, r1 + shift + band.right)
+    if k1 <= k0:  # nothing to see: one key, masked (the rows give zeros)
+        k0, k1 = 0, 1
+    rel = torch.arange(k0, k1, device=q.device)[None, :] - torch.arange(r0, r1, device=q.device)[:, None] - shift
+    mask = (rel >= -band.left) & (rel <= band.right)  # (r1 - r0, k1 - k0)
+    return attend(q[:, :, r0:r1], k[:, :, k0:k1], v[:, :, k0:k1], mask, dropout_p, False, scale, False)
 
 
 def with_bands(attend: DenseAttention, chunked: bool) -> DenseAttention:

@@ -65,6 +65,8 @@ class Result:
     ms: float | None = None  # median time per call over the rounds
     spread: float | None = None  # (slowest round - fastest round) / median
     ratio: float | None = None  # time / fastest time
+    # the first timed variant's time / this one's, per round (each round times both moments apart): median, min, max
+    vs_first: tuple[float, float, float] | None = None
     tflops: float | None = None  # dense experiment
     tokens_per_s: float | None = None  # nested experiment: real tokens per second
     skipped: str | None = None  # why it could not run
@@ -206,6 +208,8 @@ def run(args: argparse.Namespace) -> list[Result]:
     for case in runnable:
         seconds = statistics.median(times[case.name])
         result = Result(case.name, ms=seconds * 1e3, spread=(max(times[case.name]) - min(times[case.name])) / seconds)
+        per_round = [a / b for a, b in zip(times[runnable[0].name], times[case.name], strict=True)]
+        result.vs_first = (statistics.median(per_round), min(per_round), max(per_round))
         if args.nested:
             result.tokens_per_s = work / seconds
         else:
@@ -236,15 +240,19 @@ def title(args: argparse.Namespace) -> str:
 def format_table(results: list[Result], args: argparse.Namespace) -> str:
     unit = "tokens/s" if args.nested else "TFLOP/s"
     width = max(32, *(len(r.name) for r in results))
-    rows = [f"{'variant':<{width}} {'ms/call':>9} {'spread':>7} {'x fastest':>10} {unit:>10}"]
+    rows = [f"{'variant':<{width}} {'ms/call':>9} {'spread':>7} {'x fastest':>10} {unit:>10}  {'first / this':>20}"]
     for r in results:
         if r.ms is not None:
             rate = f"{r.tokens_per_s:>10.3g}" if args.nested else f"{r.tflops:>10.3g}"
-            rows.append(f"{r.name:<{width}} {r.ms:>9.3f} {100 * r.spread:>6.0f}% {r.ratio:>10.2f} {rate}")
+            mid, lo, hi = r.vs_first
+            vs_first = f"{mid:.2f}x ({lo:.2f}..{hi:.2f})"
+            row = f"{r.name:<{width}} {r.ms:>9.3f} {100 * r.spread:>6.0f}% {r.ratio:>10.2f} {rate}"
+            rows.append(f"{row}  {vs_first:>20}")
     skipped = [f"  {r.name}: {r.skipped}" for r in results if r.skipped]
     if skipped:
         rows += ["", "could not run:", *skipped]
-    return "\n".join([title(args), "", *rows])
+    notes = ["", "first / this: the first variant's time over this one's in each round (median, min..max)"]
+    return "\n".join([title(args), "", *rows, *notes])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -180,23 +180,29 @@ def test_triton_has_no_mask_tensor_for_bands(backend):
     assert launch.args[3] is None and launch.kwargs["HAS_LEFT"] and launch.kwargs["LOWER_RIGHT"]
 
 
-def test_chunked_window_compiles_and_keeps_its_mask_between_calls(backend):
-    """The chunks' additive mask is built once per size in eager mode (a decoder calls every layer with the same
-    sizes) and built inside the graph under torch.compile (no cached tensor becomes a graph constant)."""
-    from kernels import window
+def test_chunked_window_compiles_and_splits_its_edges(backend):
+    """The chunks whose key slices lie inside the keys run as one call; the rows before and after them (here: the
+    first chunks, and a last partial one) run over the keys they see. Equal to the reference, eager and compiled."""
+    from kernels.dispatch import torch_sdpa
+    from kernels.window import windowed_attention
 
     if backend is not kernels.Backend.TORCH:
         pytest.skip("only TORCH computes windows chunk by chunk")
     q, k, v = (torch.randn(1, 2, 300, 8) for _ in range(3))
     band = sliding_window(300, 300, 40)
-    window._cached_chunk_mask.cache_clear()
+    calls = []
+
+    def attend(q, k, v, mask, *args):
+        calls.append((q.size(0), q.size(-2), k.size(-2), tuple(mask.shape)))
+        return torch_sdpa(q, k, v, mask, *args)
+
+    eager = windowed_attention(attend, q, k, v, band, 0.0, None, False)
+    # chunks of 32 queries, 72 keys each: 9 whole chunks with slices inside the keys, 32 rows before, 12 after
+    assert calls == [(7, 32, 72, (32, 72)), (1, 64, 64, (64, 64)), (1, 12, 52, (12, 52))]
+    torch.testing.assert_close(eager, attention_reference(q, k, v, band.materialize()), rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
     with only(backend):
-        eager = kernels.scaled_dot_product_attention(q, k, v, attn_mask=band)
-        kernels.scaled_dot_product_attention(q, k, v, attn_mask=band)
-        assert window._cached_chunk_mask.cache_info()[:2] == (1, 1)  # (hits, misses)
-        torch._dynamo.reset()
         compiled = torch.compile(
             lambda q, k, v: kernels.scaled_dot_product_attention(q, k, v, attn_mask=band), fullgraph=True
         )
         torch.testing.assert_close(compiled(q, k, v), eager, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(eager, attention_reference(q, k, v, band.materialize()), rtol=1e-5, atol=1e-5)

@@ -31,7 +31,10 @@ def test_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert min(r.ratio for r in results if r.ratio is not None) == 1.0
     triton = by_name["TRITON"]  # timed under the interpreter, or skipped with its reason
     assert (triton.ms or 0) > 0 or "CPU tensor and no Triton interpreter" in triton.skipped
-    assert "could not run:" in out and "x fastest" in out
+    assert "could not run:" in out and "x fastest" in out and "first / this" in out
+    timed = [r for r in results if r.ms is not None]
+    assert timed[0].vs_first == (1.0, 1.0, 1.0)  # the first timed variant against itself, every round
+    assert all(lo <= mid <= hi for mid, lo, hi in (r.vs_first for r in timed))
 
     data = json.loads((tmp_path / "sdpa_backends.json").read_text())
     assert data["config"]["seq_len"] == 32
