@@ -7,8 +7,18 @@ The offline compile check runs in its own process without it (tests/kernels/test
 
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # silences triton 3.9's notice about the default
+
+
+@pytest.fixture
+def two_threads():
+    """torch on two threads for the test (the busy-machine tests take one away), restored afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)

@@ -14,14 +14,6 @@ from kernels import _cpu_share
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores: one thread is all it would use")
 
 
-@pytest.fixture
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 def _others(monkeypatch, cores: float) -> None:
     monkeypatch.setattr(_cpu_share, "others_cores", lambda: cores)
 

@@ -16,14 +16,6 @@ from kernels import _cpu_share
 pytestmark = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores: one thread is all it would use")
 
 
-@pytest.fixture
-def two_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
 def _padded_step(model, busy: float, monkeypatch, **inputs):
     """A training step; returns the output, every parameter's gradient and the thread counts the feed-forward
     block's first linear layer saw in forward and backward."""
