@@ -81,7 +81,7 @@ def test_gpt_example_cached_logits_and_greedy_generation():
     with_cache = model.generate(idx[:, :3], 40, temperature=0.0, use_cache=True)
     without = model.generate(idx[:, :3], 40, temperature=0.0, use_cache=False)
     assert torch.equal(with_cache, without)
-    # generation runs in inference mode but returns an ordinary tensor: a training step can use the samples
+    # generation returns an ordinary tensor (not an inference-mode one): a training step can use the samples
     assert not with_cache.is_inference()
     model.train()(with_cache[:, -24:]).sum().backward()
     assert model.wte.weight.grad is not None
