@@ -112,13 +112,6 @@ def _mask_tile(x, tile, qk_scale, MASK_KIND: tl.constexpr):
 
 
 @triton.jit
-def _dropout_keep(seed, row_ids, col_ids, row_stride, dropout_p):
-    """Philox keep mask of a (rows, cols) tile; offset = row id * row stride + column id, unique per element
-    (dense: rows of (B*H, L), stride S; variable length: rows (token, head), stride total keys)."""
-    return tl.rand(seed, row_ids[:, None] * row_stride + col_ids[None, :]) >= dropout_p
-
-
-@triton.jit
 def _load_rows(Base, desc, r0, stride, n_rows, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
                USE_TMA: tl.constexpr, BOUNDED: tl.constexpr, EVEN_D: tl.constexpr):  # fmt: skip
     """Rows ``[r0, r0 + BLOCK_R)`` of a ``(n_rows, D)`` matrix, zero outside: through its tensor descriptor
