@@ -75,9 +75,10 @@ def unavailable_reasons(
     attn_mask: torch.Tensor | None = None,
     varlen: bool = False,
     decode: bool = False,
+    dropout_p: float = 0.0,
 ) -> list[str]:
     if backend is Backend.TRITON:
-        return fused.unavailable_reasons(query, key, value, attn_mask, varlen, decode)
+        return fused.unavailable_reasons(query, key, value, attn_mask, varlen, decode, dropout_p)
     return []  # TORCH and MATH serve every input that passed validation
 
 
@@ -105,7 +106,7 @@ def select(
             order = (Backend.TORCH, Backend.TRITON, Backend.MATH)
             skipped[Backend.TRITON] = [f"could run, but TORCH goes first: {reason}"]
     for backend in order:
-        reasons = unavailable_reasons(backend, query, key, value, attn_mask, varlen, decode)
+        reasons = unavailable_reasons(backend, query, key, value, attn_mask, varlen, decode, dropout_p)
         if not reasons:
             return backend, skipped
         skipped[backend] = skipped.get(backend, []) + reasons

@@ -204,7 +204,8 @@ def explain(
     try:
         chosen, reasons = select(query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p)
     except NoBackendAvailableError:
-        chosen, reasons = None, {b: unavailable_reasons(b, query, key, value, attn_mask) for b in order}
+        chosen = None
+        reasons = {b: unavailable_reasons(b, query, key, value, attn_mask, dropout_p=dropout_p) for b in order}
     for backend in order:
         if backend is not chosen and backend not in reasons:
             reasons[backend] = [f"could run, but {chosen.name} comes first"] if chosen else []
@@ -215,7 +216,7 @@ def explain(
             why = "not enabled by sdpa_kernel(" + ", ".join(b.name for b in enabled) + ")"
         else:
             why = f"not tried by default on {query.device.type}; select it with sdpa_kernel"
-        reasons[backend] = [why, *unavailable_reasons(backend, query, key, value, attn_mask)]
+        reasons[backend] = [why, *unavailable_reasons(backend, query, key, value, attn_mask, dropout_p=dropout_p)]
     detail = _detail(chosen, query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     return Explanation(chosen, reasons, detail, _mask_kind(attn_mask, is_causal))
 

@@ -16,6 +16,10 @@ TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 256
+# Dropout's Philox offset within one (batch, head) is ``row * S + column`` in 32-bit arithmetic (the kernels'
+# hot loops): past this many query-key pairs per head it would wrap and masks would repeat. 64-bit offsets made a
+# dK/dV variant spill under triton 3.6, so such calls go to another backend instead.
+MAX_DROPOUT_PAIRS = 2**31
 
 
 def unavailable_reasons(
@@ -25,9 +29,17 @@ def unavailable_reasons(
     attn_mask: torch.Tensor | None = None,
     varlen: bool = False,
     decode_grad: bool = False,
+    dropout_p: float = 0.0,
 ) -> list[str]:
     """Why the fused kernels cannot serve these inputs (empty when they can)."""
     reasons = []
+    if dropout_p > 0 and not varlen and key is not None and not query.is_nested:
+        pairs = query.size(-2) * key.size(-2)
+        if pairs >= MAX_DROPOUT_PAIRS:
+            reasons.append(
+                f"dropout over L x S = {query.size(-2)} x {key.size(-2)} query-key pairs per head, >= 2^31 (the "
+                "kernels' dropout offsets within a head are 32-bit)"
+            )
     if decode_grad:
         reasons.append("decode attention of inputs that require grad (the decode kernel computes no gradients)")
     if not TRITON_INSTALLED:

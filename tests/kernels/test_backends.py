@@ -89,6 +89,25 @@ def test_forcing_triton_where_it_cannot_run_lists_reasons():
     assert isinstance(err.value, RuntimeError)
 
 
+def test_dropout_past_the_kernels_32_bit_offsets_goes_to_another_backend():
+    """L x S >= 2^31 pairs per head with dropout: the kernels' Philox offsets would wrap (masks repeating), so TRITON
+    declines with the reason, and only then (nothing is computed here: explain, and the refusal of a forced TRITON)."""
+    L = 46_341  # L * L = 2,147,488,281 >= 2^31
+    q = torch.randn(1, 1, L, 8)
+    message = "dropout over L x S = 46341 x 46341 query-key pairs per head, >= 2^31"
+    with kernels.sdpa_kernel([Backend.TRITON, Backend.TORCH]):
+        why = kernels.explain(q, q, q, dropout_p=0.1)
+        assert why.backend is Backend.TORCH and any(message in r for r in why.reasons[Backend.TRITON])
+        no_dropout = kernels.explain(q, q, q)
+        assert not any(message in r for r in no_dropout.reasons.get(Backend.TRITON, []))
+        if kernels.triton.INTERPRETER:  # CPU tensors are TRITON's here: without dropout it serves the call
+            assert no_dropout.backend is Backend.TRITON
+        shorter = kernels.explain(q[:, :, : L - 1], q[:, :, : L - 1], q[:, :, : L - 1], dropout_p=0.1)
+        assert not any(message[:30] in r for r in shorter.reasons.get(Backend.TRITON, []))
+    with kernels.sdpa_kernel([Backend.TRITON]), pytest.raises(NoBackendAvailableError, match=re.escape(message)):
+        kernels.scaled_dot_product_attention(q, q, q, dropout_p=0.1)
+
+
 def test_triton_reasons():
     from kernels import triton as triton_backend
 
