@@ -76,9 +76,10 @@ def unavailable_reasons(
     varlen: bool = False,
     decode: bool = False,
     dropout_p: float = 0.0,
+    longest: tuple[int, int] | None = None,
 ) -> list[str]:
     if backend is Backend.TRITON:
-        return fused.unavailable_reasons(query, key, value, attn_mask, varlen, decode, dropout_p)
+        return fused.unavailable_reasons(query, key, value, attn_mask, varlen, decode, dropout_p, longest)
     return []  # TORCH and MATH serve every input that passed validation
 
 
@@ -91,9 +92,11 @@ def select(
     decode: bool = False,
     is_causal: bool = False,
     dropout_p: float = 0.0,
+    longest: tuple[int, int] | None = None,
 ) -> tuple[Backend, dict[Backend, list[str]]]:
     """The first enabled backend that can serve the inputs, and the reasons of those tried before it (``decode``:
-    a `kernels.decode_attention` call whose inputs require grad, which the fused decode kernel cannot serve).
+    a `kernels.decode_attention` call whose inputs require grad, which the fused decode kernel cannot serve;
+    ``longest``: a variable-length call's longest query and key sequence, where its lengths were read).
 
     Without an `sdpa_kernel` block, the default order applies, except where a GPU measured ``TRITON`` slower than
     torch for such a call (`kernels.preferences`): ``TORCH`` goes first, and the reason is recorded."""
@@ -106,7 +109,7 @@ def select(
             order = (Backend.TORCH, Backend.TRITON, Backend.MATH)
             skipped[Backend.TRITON] = [f"could run, but TORCH goes first: {reason}"]
     for backend in order:
-        reasons = unavailable_reasons(backend, query, key, value, attn_mask, varlen, decode, dropout_p)
+        reasons = unavailable_reasons(backend, query, key, value, attn_mask, varlen, decode, dropout_p, longest)
         if not reasons:
             return backend, skipped
         skipped[backend] = skipped.get(backend, []) + reasons

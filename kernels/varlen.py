@@ -62,7 +62,8 @@ def varlen_attention(
     lengths = validate_varlen_args(
         query, key, value, cu_seqlens_q, cu_seqlens_k, dropout_p, is_causal, scale, enable_gqa, attn_mask
     )  # read once (a host sync on CUDA), except while compiling
-    backend, _ = select(query, key, value, varlen=True)
+    longest = None if lengths is None else (max(lengths[0], default=0), max(lengths[1], default=0))
+    backend, _ = select(query, key, value, varlen=True, dropout_p=dropout_p, longest=longest)
     options = {"dropout_p": dropout_p, "is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
     if attn_mask is not None:
         options["attn_mask"] = attn_mask

@@ -30,16 +30,18 @@ def unavailable_reasons(
     varlen: bool = False,
     decode_grad: bool = False,
     dropout_p: float = 0.0,
+    longest: tuple[int, int] | None = None,
 ) -> list[str]:
-    """Why the fused kernels cannot serve these inputs (empty when they can)."""
+    """Why the fused kernels cannot serve these inputs (empty when they can). ``longest``: the longest query and key
+    sequence of a variable-length call, where known (the lengths were read)."""
     reasons = []
-    if dropout_p > 0 and not varlen and key is not None and not query.is_nested:
-        pairs = query.size(-2) * key.size(-2)
-        if pairs >= MAX_DROPOUT_PAIRS:
-            reasons.append(
-                f"dropout over L x S = {query.size(-2)} x {key.size(-2)} query-key pairs per head, >= 2^31 (the "
-                "kernels' dropout offsets within a head are 32-bit)"
-            )
+    sizes = longest if varlen else None if key is None or query.is_nested else (query.size(-2), key.size(-2))
+    if dropout_p > 0 and sizes is not None and sizes[0] * sizes[1] >= MAX_DROPOUT_PAIRS:
+        reasons.append(
+            f"dropout over L x S = {sizes[0]} x {sizes[1]} query-key pairs per head"
+            f"{' (the longest sequences)' if varlen else ''}, >= 2^31 (the kernels' dropout offsets within a head "
+            "are 32-bit)"
+        )
     if decode_grad:
         reasons.append("decode attention of inputs that require grad (the decode kernel computes no gradients)")
     if not TRITON_INSTALLED:

@@ -106,6 +106,17 @@ def test_dropout_past_the_kernels_32_bit_offsets_goes_to_another_backend():
         assert not any(message[:30] in r for r in shorter.reasons.get(Backend.TRITON, []))
     with kernels.sdpa_kernel([Backend.TRITON]), pytest.raises(NoBackendAvailableError, match=re.escape(message)):
         kernels.scaled_dot_product_attention(q, q, q, dropout_p=0.1)
+    # variable length: the longest sequences count (one of 46,341 tokens among short ones)
+    packed = torch.randn(L + 7, 1, 8)
+    cu = torch.tensor([0, 3, 3 + L, L + 7])
+    with (
+        kernels.sdpa_kernel([Backend.TRITON]),
+        pytest.raises(
+            NoBackendAvailableError,
+            match=re.escape("x 46341 query-key pairs per head (the longest sequences), >= 2^31"),
+        ),
+    ):
+        kernels.varlen_attention(packed, packed, packed, cu, cu, dropout_p=0.1)
 
 
 def test_triton_reasons():
