@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from . import triton as fused
 from ._validate import validate_sdpa_args
-from .backends import Backend, enabled_backends
+from .backends import Backend
 from .dispatch import DENSE, profiled, select
 
 __all__ = ["decode_attention"]
@@ -79,12 +79,9 @@ def decode_attention_unchecked(
     """`decode_attention` for callers that validated the inputs themselves (`layers.KVCache`'s attention): a
     decoding step on CPU at batch 1 is a few dozen small operations, and validating again costs a measurable share.
     ``in_use``: the shortest and longest lengths, where the caller knows them (on CPU; else they are read)."""
+    needs_grad = query.requires_grad or key_cache.requires_grad or value_cache.requires_grad
+    backend, _ = select(query, key_cache, value_cache, decode=needs_grad)
     eager_cpu = query.device.type == "cpu" and not (torch.compiler.is_compiling() or torch.jit.is_tracing())
-    if eager_cpu and enabled_backends() is None:
-        backend = Backend.TORCH  # what `select` gives on CPU outside an sdpa_kernel block (TORCH serves every input)
-    else:
-        needs_grad = query.requires_grad or key_cache.requires_grad or value_cache.requires_grad
-        backend, _ = select(query, key_cache, value_cache, decode=needs_grad)
     scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else float(scale)
     with profiled("decode_attention", backend):
         if backend is Backend.TRITON:

@@ -82,9 +82,6 @@ class KVCache:
         # read again (a nested prompt) or the cache is reset.
         self._longest = 0
         self._counted = True
-        # on CPU, the shortest and longest lengths after the last dense append (the attention that follows it then
-        # reads nothing again); None elsewhere
-        self._in_use: tuple[int, int] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -124,35 +121,38 @@ class KVCache:
         self._append(k, v)
         return before
 
-    def _append(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """`append` without its return value (the attention modules': a decoding step copies no lengths)."""
+    def _append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int] | None:
+        """`append` without the lengths before (the attention modules': a decoding step copies no lengths). Returns,
+        on CPU, the shortest and longest lengths after it (the attention then reads nothing again); else None."""
         B, T, H, D = k.shape
         self._check(k, H, D)
         if self.batch_size != B:
             raise ArgumentError(f"the cache holds {self.batch_size} sequences but {B} were given")
-        self._in_use = None
         if torch.compiler.is_compiling():
             self._counted = False  # the compiled step's appends are not counted on the host
-            return self._scatter(k, v)
+            self._scatter(k, v)
+            return None
         if self._on_cpu:  # reading the lengths costs nothing here (one operation): the count is exact again
-            in_use = self.lengths.tolist()
-            shortest, self._longest, self._counted = min(in_use), max(in_use), True
+            counts = self.lengths.tolist()
+            shortest, self._longest, self._counted = min(counts), max(counts), True
             as_long = shortest == self._longest
-            self._in_use = (shortest + T, self._longest + T)  # after this append (unless it is refused)
+            in_use = (shortest + T, self._longest + T)  # after this append
         else:  # on a GPU, what the host counted: nothing is read back
-            as_long = self._counted and not self.ragged
+            as_long, in_use = self._counted and not self.ragged, None
         start = self._longest
         if self._counted:
             self._check_room(start + T)
             self._longest = start + T
         if not as_long:
-            return self._scatter(k, v)
+            self._scatter(k, v)
+            return in_use
         # every sequence holds `start` tokens (the usual decoding step): one slice copy instead of index arithmetic
         # and a scatter (on a GPU several kernel launches fewer)
         self.keys[:, start : start + T] = k
         self.values[:, start : start + T] = v
         self.lengths += T
         self.started = True
+        return in_use
 
     def _scatter(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Write ``k``/``v (B, T, H, D)`` after each sequence's own length (lengths read on the device only)."""
@@ -226,10 +226,10 @@ def cached_attention(
     ``(T, H, D)`` with ``offsets (B + 1,)``; the output has ``q``'s layout."""
     if offsets is None:
         _check_queries(q, k)
-        cache._append(k, v)
+        in_use = cache._append(k, v)
         keys, values = cache.view()  # (B, H, max_len, D)
         # validated here and by the append (a decoding step is small: checking twice is a measurable share of it)
-        out = decode_attention_unchecked(q.transpose(1, 2), keys, values, cache.lengths, None, True, cache._in_use)
+        out = decode_attention_unchecked(q.transpose(1, 2), keys, values, cache.lengths, None, True, in_use)
         return out.transpose(1, 2)  # (B, T, H, D)
     fresh = not cache.ragged and not cache.started
     cache.append_packed(k, v, offsets)
