@@ -98,6 +98,46 @@ def test_chunked_windows_both_alignments_with_gradients(backend, L, S, lower_rig
     check_band(backend, band, L, S, dim=8)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "heads interleaved"])
+def test_chunked_window_batches_without_copying_key_slices(backend, layout):
+    """At batch > 1 the chunks run as one call over (chunk, batch x head) with the key slices as views of the keys
+    (contiguous ``(N, H, S, E)``), or of one contiguous copy (heads interleaved in the tokens, as a layer's
+    projections leave them); outputs and every gradient against float64."""
+    from kernels.dispatch import torch_sdpa
+    from kernels.window import windowed_attention
+
+    if backend is not kernels.Backend.TORCH:
+        pytest.skip("only TORCH computes windows chunk by chunk")
+    N, H, L, E = 3, 2, 300, 8
+    band = sliding_window(L, L, 40, 3)
+    base = [torch.randn(N, H, L, E, dtype=torch.float64) for _ in range(3)]
+    leaves = [t.float().requires_grad_() for t in base]
+    if layout == "contiguous":
+        ours = leaves
+    else:  # the same values with (N, L, H, E) memory, gradients flowing to the leaves
+        ours = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in leaves]
+        assert not ours[1].is_contiguous()
+    keys_seen = []
+
+    def attend(q, k, v, mask, *args):
+        keys_seen.append(k)
+        return torch_sdpa(q, k, v, mask, *args)
+
+    out = windowed_attention(attend, *ours, band, 0.0, None, False)
+    chunk_keys = keys_seen[0]
+    assert chunk_keys.size(1) == N * H and chunk_keys.size(2) > chunk_keys.size(0)  # (chunks, N * H, span, E)
+    if layout == "contiguous":
+        assert chunk_keys.untyped_storage().data_ptr() == ours[1].untyped_storage().data_ptr()  # a view
+    refs = [t.clone().requires_grad_() for t in base]
+    ref = attention_reference(*refs, band.materialize())
+    grad = torch.randn_like(ref)
+    out.backward(grad.float())
+    ref.backward(grad)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    for name, mine, r in zip("qkv", leaves, refs, strict=True):
+        torch.testing.assert_close(mine.grad.double(), r.grad, rtol=1e-5, atol=1e-5, msg=f"grad of {name}")
+
+
 def offsets(lengths):
     return torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0))
 
