@@ -96,7 +96,8 @@ def select(
 ) -> tuple[Backend, dict[Backend, list[str]]]:
     """The first enabled backend that can serve the inputs, and the reasons of those tried before it (``decode``:
     a `kernels.decode_attention` call whose inputs require grad, which the fused decode kernel cannot serve;
-    ``longest``: a variable-length call's longest query and key sequence, where its lengths were read).
+    ``longest``: a variable-length or nested call's longest query and key sequence, where its lengths were
+    read).
 
     Without an `sdpa_kernel` block, the default order applies, except where a GPU measured ``TRITON`` slower than
     torch for such a call (`kernels.preferences`): ``TORCH`` goes first, and the reason is recorded."""

@@ -77,7 +77,8 @@ def scaled_dot_product_attention(
     original = query
     query, key, value = (as_jagged(t) for t in (query, key, value))  # strided nested: as jagged
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    backend, _ = select(query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p)
+    longest = _longest_nested(query, key, dropout_p)
+    backend, _ = select(query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p, longest=longest)
     attend = DENSE[backend]
     if not query.is_nested:
         with profiled("attention", backend):
@@ -99,6 +100,25 @@ def scaled_dot_product_attention(
 
 def _lengths(t: torch.Tensor) -> list[int]:
     return t.offsets().diff().tolist()  # a host sync on CUDA
+
+
+def _longest_nested(query: torch.Tensor, key: torch.Tensor, dropout_p: float) -> tuple[int, int] | None:
+    """The longest query and key sequence of nested inputs, where dropout's limit per head could be reached (the
+    fused kernels' dropout offsets are 32-bit within a sequence and head): only where the batches' token totals
+    reach it is anything read (torch's cached maximum, else the offsets: one host sync, for a call of at least
+    46k x 46k tokens). None for dense inputs, without dropout, and while ``torch.compile`` traces (no host reads;
+    documented in decisions.md)."""
+    if not query.is_nested or dropout_p == 0 or torch.compiler.is_compiling():
+        return None
+    totals = [t.values().size(1) for t in (query, key)]  # (H, T, E) buffers of (B, H, j, E)
+    if totals[0] * totals[1] < fused.MAX_DROPOUT_PAIRS:
+        return None
+
+    def longest(t: torch.Tensor) -> int:
+        cached = getattr(t, "_maybe_max_seqlen", None)  # torch's jagged tensors keep it where it is known
+        return int(cached) if cached is not None else int(t.offsets().diff().max())
+
+    return longest(query), longest(key)
 
 
 def attention_with_weights(
@@ -201,11 +221,16 @@ def explain(
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     enabled = enabled_backends()
     order = enabled or default_order(query.device.type)
+    longest = _longest_nested(query, key, dropout_p)
     try:
-        chosen, reasons = select(query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p)
+        chosen, reasons = select(
+            query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p, longest=longest
+        )
     except NoBackendAvailableError:
         chosen = None
-        reasons = {b: unavailable_reasons(b, query, key, value, attn_mask, dropout_p=dropout_p) for b in order}
+        reasons = {
+            b: unavailable_reasons(b, query, key, value, attn_mask, dropout_p=dropout_p, longest=longest) for b in order
+        }
     for backend in order:
         if backend is not chosen and backend not in reasons:
             reasons[backend] = [f"could run, but {chosen.name} comes first"] if chosen else []

@@ -35,11 +35,12 @@ def unavailable_reasons(
     """Why the fused kernels cannot serve these inputs (empty when they can). ``longest``: the longest query and key
     sequence of a variable-length call, where known (the lengths were read)."""
     reasons = []
-    sizes = longest if varlen else None if key is None or query.is_nested else (query.size(-2), key.size(-2))
+    ragged = varlen or query.is_nested
+    sizes = longest if ragged else None if key is None else (query.size(-2), key.size(-2))
     if dropout_p > 0 and sizes is not None and sizes[0] * sizes[1] >= MAX_DROPOUT_PAIRS:
         reasons.append(
             f"dropout over L x S = {sizes[0]} x {sizes[1]} query-key pairs per head"
-            f"{' (the longest sequences)' if varlen else ''}, >= 2^31 (the kernels' dropout offsets within a head "
+            f"{' (the longest sequences)' if ragged else ''}, >= 2^31 (the kernels' dropout offsets within a head "
             "are 32-bit)"
         )
     if decode_grad:

@@ -117,6 +117,20 @@ def test_dropout_past_the_kernels_32_bit_offsets_goes_to_another_backend():
         ),
     ):
         kernels.varlen_attention(packed, packed, packed, cu, cu, dropout_p=0.1)
+    # nested: likewise, whether torch knows the longest sequence (built from a list) or not (from offsets)
+    from_offsets = torch.nested.nested_tensor_from_jagged(packed, offsets=cu).transpose(1, 2)
+    from_list = torch.nested.nested_tensor(list(from_offsets.unbind()), layout=torch.jagged)
+    short = torch.nested.nested_tensor_from_jagged(packed[:99], offsets=torch.tensor([0, 3, 99])).transpose(1, 2)
+    for x in (from_offsets, from_list):
+        with kernels.sdpa_kernel([Backend.TRITON, Backend.TORCH]):
+            why = kernels.explain(x, x, x, dropout_p=0.1)
+            assert why.backend is Backend.TORCH, why
+            assert any("46341 x 46341 query-key pairs per head (the longest" in r for r in why.reasons[Backend.TRITON])
+            assert not any("2^31" in r for r in kernels.explain(x, x, x).reasons.get(Backend.TRITON, []))
+            assert not any("2^31" in r for r in kernels.explain(short, short, short, dropout_p=0.1).reasons.get(
+                Backend.TRITON, []))  # fmt: skip
+        with kernels.sdpa_kernel([Backend.TRITON]), pytest.raises(NoBackendAvailableError, match="2\\^31"):
+            kernels.scaled_dot_product_attention(x, x, x, dropout_p=0.1)
 
 
 def test_triton_reasons():
