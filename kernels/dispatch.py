@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from . import triton as fused
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
+from .dropout_masks import dropout_attention, fast_path
 from .preferences import torch_first, torch_priority
 from .reference import attention_reference
 from .window import with_bands
@@ -60,11 +61,32 @@ def torch_sdpa(
     return out if empty is None else out.masked_fill(empty, 0.0)
 
 
+def torch_packed(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """``Backend.TORCH`` on a bucket of packed sequences: `torch_sdpa`, except dropout where `kernels.dropout` draws
+    its own masks (CPU, eager): torch's CPU kernels take dropout in their math path only, whose ``bernoulli_``
+    draws took about as long as the rest of the attention; `dropout_attention` runs the same steps with cheaper
+    masks. Packed sequences cannot follow torch's random stream anyway (their elements are not where a padded
+    batch has them)."""
+    if dropout_p > 0 and fast_path(dropout_p, query.device):
+        return dropout_attention(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    return torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+
+
 DENSE = {  # band masks (`kernels.masks`): the fused kernels take them as they are, the others through with_bands
     Backend.TORCH: with_bands(torch_sdpa, chunked=True),
     Backend.MATH: with_bands(attention_reference, chunked=False),
     Backend.TRITON: fused.attention,
 }
+PACKED = {**DENSE, Backend.TORCH: with_bands(torch_packed, chunked=True)}  # the buckets of packed sequences
 
 
 def unavailable_reasons(

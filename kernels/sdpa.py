@@ -12,7 +12,7 @@ from . import triton as fused
 from ._nested import as_jagged, band_for, like, packed_attention, padded_attention, plan
 from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
-from .dispatch import DENSE, profiled, select, unavailable_reasons
+from .dispatch import DENSE, PACKED, profiled, select, unavailable_reasons
 from .masks import band_of
 from .preferences import torch_priority
 from .reference import attention_probs, repeat_kv
@@ -79,10 +79,10 @@ def scaled_dot_product_attention(
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     longest = _longest_nested(query, key, dropout_p)
     backend, _ = select(query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p, longest=longest)
-    attend = DENSE[backend]
     if not query.is_nested:
         with profiled("attention", backend):
-            return attend(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+            return DENSE[backend](query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+    attend = PACKED[backend]  # dropout on CPU draws its own masks (kernels.dropout): no torch stream to follow
     q, k, v = (t.values().transpose(0, 1) for t in (query, key, value))  # (T, H, E) views of the buffers
     options = {"dropout_p": dropout_p, "is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
     if attn_mask is not None:  # a band (validated): it applies to each sequence

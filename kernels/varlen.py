@@ -8,7 +8,7 @@ from . import triton as fused
 from ._nested import packed_attention, padded_attention
 from ._validate import validate_varlen_args
 from .backends import Backend
-from .dispatch import DENSE, profiled, select
+from .dispatch import PACKED, profiled, select
 
 __all__ = ["varlen_attention"]
 
@@ -71,5 +71,5 @@ def varlen_attention(
         if backend is Backend.TRITON:  # one launch over the packed tokens, offsets read on the device
             return fused.varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k, **options)
         if lengths is None:  # traced: no host reads, so pad to the longest sequence
-            return padded_attention(DENSE[backend], query, key, value, cu_seqlens_q, cu_seqlens_k, **options)
-        return packed_attention(DENSE[backend], query, key, value, *lengths, **options)
+            return padded_attention(PACKED[backend], query, key, value, cu_seqlens_q, cu_seqlens_k, **options)
+        return packed_attention(PACKED[backend], query, key, value, *lengths, **options)

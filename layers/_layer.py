@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._dropout import swap_dropout
+from ._dropout import packed_dropout, swap_dropout
 from ._masks import drop_noop, is_causal_mask, padding_keep, tracing
 from .attention import MultiheadAttention
 from .config import ConfigMixin, activation_to_config, check_activation, check_dropout, check_heads
@@ -176,6 +176,13 @@ class FeedForwardLayer(TorchScriptable, ConfigMixin):
         in_place = self.activation is F.relu and not h.is_nested and not h.requires_grad
         h = torch.relu_(h) if in_place else self.activation(h)
         return getattr(self, self._ff_dropout)(self.linear2(self.dropout(h)))
+
+    def _packed_ff_block(self, x: torch.Tensor) -> torch.Tensor:
+        """`_ff_block` on packed tokens ``(T, E)``: the dropout modules through `packed_dropout`."""
+        h = self.linear1(x)
+        h = torch.relu_(h) if self.activation is F.relu and not h.requires_grad else self.activation(h)
+        h = self.linear2(packed_dropout(self.dropout, h))
+        return packed_dropout(getattr(self, self._ff_dropout), h)
 
     def _residual(self, x: torch.Tensor, block: Callable[[torch.Tensor], torch.Tensor], norm: nn.Module):
         """``x + block(norm(x))`` (norm first) or ``norm(x + block(x))``: torch's two layouts of a sub-layer."""

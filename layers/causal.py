@@ -19,7 +19,7 @@ import torch.nn as nn
 
 import kernels
 
-from ._dropout import Dropout
+from ._dropout import Dropout, packed_dropout
 from ._scripted import ScriptedCausalSelfAttention
 from .attention import packed_attention
 from .config import ConfigMixin, check_dropout, check_heads, dtype_name
@@ -122,7 +122,7 @@ class CausalSelfAttention(TorchScriptable, ConfigMixin, nn.Module):
             q, k, v = self.c_attn(jagged.values()).chunk(3, dim=-1)  # (T, E) each
             offsets = jagged.offsets()
             y = packed_attention(q, k, v, offsets, offsets, self.num_heads, dropout_p, self.is_causal)
-            return like(wrap(self.resid_dropout(self.c_proj(y)), offsets), x)
+            return like(wrap(packed_dropout(self.resid_dropout, self.c_proj(y)), offsets), x)
         if x.dim() != 3 or x.size(-1) != self.embed_dimension:
             raise ArgumentError(
                 f"expected input (N, L, {self.embed_dimension}) or a nested (N, j, {self.embed_dimension}), "

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from kernels._cpu_share import on_free_threads
 
+from ._dropout import packed_dropout
 from ._layer import (
     FeedForwardLayer,
     as_ours,
@@ -171,15 +172,15 @@ class TransformerDecoderLayer(FeedForwardLayer, nn.TransformerDecoderLayer):
 
     def _packed_forward(self, x, x_offsets, memory, memory_offsets, is_causal: bool, memory_is_causal: bool):
         def attend(h: torch.Tensor) -> torch.Tensor:
-            return self.dropout1(self.self_attn.packed_call(h, x_offsets, is_causal))
+            return packed_dropout(self.dropout1, self.self_attn.packed_call(h, x_offsets, is_causal))
 
         def cross(h: torch.Tensor) -> torch.Tensor:
             out = self.multihead_attn.packed_call(h, x_offsets, memory_is_causal, memory, memory_offsets)
-            return self.dropout2(out)
+            return packed_dropout(self.dropout2, out)
 
         x = self._residual(x, attend, self.norm1)
         x = self._residual(x, cross, self.norm2)
-        return self._residual(x, self._ff_block, self.norm3)
+        return self._residual(x, self._packed_ff_block, self.norm3)
 
 
 def _nested_pair(tgt, memory, batch_first: bool, masks):

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from kernels._cpu_share import on_free_threads
 
+from ._dropout import packed_dropout
 from ._layer import (
     FeedForwardLayer,
     as_ours,
@@ -94,10 +95,10 @@ class TransformerEncoderLayer(FeedForwardLayer, nn.TransformerEncoderLayer):
 
     def _packed_forward(self, x: torch.Tensor, offsets: torch.Tensor, is_causal: bool) -> torch.Tensor:
         def attend(h: torch.Tensor) -> torch.Tensor:
-            return self.dropout1(self.self_attn.packed_call(h, offsets, is_causal))
+            return packed_dropout(self.dropout1, self.self_attn.packed_call(h, offsets, is_causal))
 
         x = self._residual(x, attend, self.norm1)
-        return self._residual(x, self._ff_block, self.norm2)
+        return self._residual(x, self._packed_ff_block, self.norm2)
 
 
 def call_packed(layer: nn.Module, x: torch.Tensor, offsets: torch.Tensor, **kwargs) -> torch.Tensor:

@@ -87,3 +87,43 @@ def test_no_dropout_when_p_is_zero(backend):
     with only(backend):
         a = kernels.scaled_dot_product_attention(q, k, v, dropout_p=0.0)
     torch.testing.assert_close(a, attention_reference(q, k, v))
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_packed_sequences_keep_their_fraction_with_the_right_scale(backend, is_causal):
+    """Variable-length attention with dropout (the layers' packed paths): each sequence's weights, read back through
+    one-hot values, are its reference weights scaled by 1 / (1 - p') where kept, with 1 - p' kept; the same seed
+    draws the same; on TORCH (CPU) no Bernoulli draw (`kernels.dropout`'s masks: packed tokens cannot follow
+    torch's stream)."""
+    from kernels.dropout_masks import keep_mask
+
+    lengths = [37, 64, 5, 50]
+    cu = torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0))
+    T, H, E, S = sum(lengths), 4, 16, max(lengths)
+    q, k = torch.randn(T, H, E), torch.randn(T, H, E)
+    one_hot = torch.cat([torch.eye(n, S) for n in lengths])[:, None].expand(T, H, S)  # key j of a sequence -> e_j
+
+    def weights(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        with only(backend):
+            return kernels.varlen_attention(q, k, one_hot, cu, cu, dropout_p=P, is_causal=is_causal)
+
+    with torch.profiler.profile() as prof:
+        drawn = weights(21)
+    assert torch.equal(drawn, weights(21)) and not torch.equal(drawn, weights(22))
+    scale = keep_mask((1,), P)[1] if backend is kernels.Backend.TORCH else 1 / (1 - P)
+    if backend is kernels.Backend.TORCH:
+        assert "aten::bernoulli_" not in {e.name for e in prof.events()}
+    kept = []
+    for b, n in enumerate(lengths):
+        rows = slice(int(cu[b]), int(cu[b + 1]))
+        mine = drawn[rows, :, :n].transpose(0, 1)  # (H, n, n)
+        probs = attention_reference(q[rows].transpose(0, 1).double(), k[rows].transpose(0, 1).double(),
+                                    torch.eye(n, dtype=torch.float64), is_causal=is_causal)  # fmt: skip
+        keep = mine != 0
+        torch.testing.assert_close(mine[keep].double(), probs[keep] * scale, rtol=1e-5, atol=1e-7)
+        assert not drawn[rows, :, n:].any()  # nothing past the sequence's own keys
+        kept.append(keep[probs > 0])
+    kept = torch.cat(kept)
+    sigma = math.sqrt(P * (1 - P) / kept.numel())
+    assert abs(kept.float().mean().item() - (1 - P)) < 5 * sigma
