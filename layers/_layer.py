@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._dropout import packed_dropout, swap_dropout
+from ._dropout import packed_dropout
 from ._masks import drop_noop, is_causal_mask, padding_keep, tracing
 from .attention import MultiheadAttention
 from .config import ConfigMixin, activation_to_config, check_activation, check_dropout, check_heads
@@ -121,12 +121,10 @@ def norm_from_config(config: dict[str, Any] | None, dtype: str | None) -> nn.Lay
 
 
 def swap_attention(module: nn.Module) -> None:
-    """torch's attention modules inside ``module`` become this package's; a layer's own dropout modules too."""
+    """torch's attention modules inside ``module`` become this package's."""
     for m in module.modules():
         if type(m) is nn.MultiheadAttention:
             m.__class__ = MultiheadAttention
-        elif isinstance(m, FeedForwardLayer):
-            swap_dropout(m)
 
 
 def as_ours(layer: nn.Module, torch_cls: type, ours: type) -> None:

@@ -19,7 +19,7 @@ import torch.nn as nn
 
 import kernels
 
-from ._dropout import Dropout, packed_dropout
+from ._dropout import packed_dropout
 from ._scripted import ScriptedCausalSelfAttention
 from .attention import packed_attention
 from .config import ConfigMixin, check_dropout, check_heads, dtype_name
@@ -88,7 +88,7 @@ class CausalSelfAttention(TorchScriptable, ConfigMixin, nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.c_attn = nn.Linear(embed_dimension, 3 * embed_dimension, bias=bias, **factory)  # q, k, v projections
         self.c_proj = nn.Linear(embed_dimension, embed_dimension, bias=bias, **factory)
-        self.resid_dropout = Dropout(dropout)
+        self.resid_dropout = nn.Dropout(dropout)
         self.num_heads, self.embed_dimension, self.dropout, self.is_causal = (
             num_heads,
             embed_dimension,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ._dropout import swap_dropout
-from ._layer import FeedForwardLayer
 from .attention import MultiheadAttention
 from .decoder import TransformerDecoder, TransformerDecoderLayer
 from .encoder import TransformerEncoder, TransformerEncoderLayer
@@ -36,12 +34,7 @@ def _swap(model: nn.Module, table: dict[type, type], name: str) -> nn.Module:
         target = table.get(type(module))
         if target is None:
             continue
-        # a swapped layer's own dropout modules follow it (`layers._dropout`); the model's other modules stay
-        if isinstance(module, FeedForwardLayer):  # reverted: back to torch's
-            swap_dropout(module, ours=False)
         module.__class__ = target
-        if isinstance(module, FeedForwardLayer):  # converted
-            swap_dropout(module)
     return model
 
 

@@ -37,12 +37,12 @@ __all__ = ["safe_globals", "serializable_classes"]
 
 def serializable_classes() -> list:
     """This package's layer classes and the torch classes and functions inside them."""
-    from . import _dropout, attention, causal, decoder, encoder, transformer
+    from . import attention, causal, decoder, encoder, transformer
 
     ours = [
         attention.MultiheadAttention, causal.CausalSelfAttention, encoder.TransformerEncoderLayer,
         encoder.TransformerEncoder, decoder.TransformerDecoderLayer, decoder.TransformerDecoder,
-        transformer.Transformer, _dropout.Dropout,
+        transformer.Transformer,
     ]  # fmt: skip
     torch_parts = [
         nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear, nn.LayerNorm, nn.Dropout, nn.ModuleList,

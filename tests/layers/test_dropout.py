@@ -1,4 +1,5 @@
-"""The layers' dropout modules (`layers._dropout.Dropout`): torch's numbers, drawn in one pass on CPU."""
+"""The layers' dropout: torch's ``nn.Dropout`` modules (its draws on dense batches), and on the packed paths the
+cheaper masks of `kernels.dropout` (`layers._dropout.packed_dropout`)."""
 
 from __future__ import annotations
 
@@ -7,53 +8,15 @@ import torch
 import torch.nn as nn
 
 import layers
-from layers._dropout import Dropout
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.0])
-def test_same_numbers_and_gradients_as_nn_dropout(p):
-    x = torch.randn(7, 33, 19, requires_grad=True)
-    grad = torch.randn(7, 33, 19)
-    results = []
-    for module in (nn.Dropout(p), Dropout(p)):
-        torch.manual_seed(11)
-        out = module(x)
-        results.append((out, *torch.autograd.grad(out, x, grad)))
-    for theirs, ours in zip(*results, strict=True):
-        assert torch.equal(ours, theirs)
-    assert p == 0.0 or (results[1][0] == 0).any()  # something was dropped
-
-
-def test_the_one_pass_path_is_taken_in_training_only():
-    x = torch.randn(4, 8, requires_grad=True)
-    assert type(Dropout(0.2)(x).grad_fn).__name__ == "NativeDropoutBackward0"
-    assert type(nn.Dropout(0.2)(x).grad_fn).__name__ != "NativeDropoutBackward0"
-    assert Dropout(0.2).eval()(x) is x  # evaluation: the identity, as torch's
-    y = torch.randn(4, 8)
-    torch.manual_seed(2)
-    expected = nn.Dropout(0.3, inplace=True)(y.clone())
-    torch.manual_seed(2)
-    assert torch.equal(Dropout(0.3, inplace=True)(y.clone()), expected)  # in place: torch's path
-
-
-def test_nested_input_goes_through_torchs_dropout():
-    x = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(5, 8)], layout=torch.jagged)
-    torch.manual_seed(4)
-    expected = nn.Dropout(0.5)(x)
-    torch.manual_seed(4)
-    out = Dropout(0.5)(x)
-    assert all(torch.equal(a, b) for a, b in zip(out.unbind(), expected.unbind(), strict=True))
-
-
-def test_layers_hold_it_and_revert_gives_torchs_back():
+def test_layers_hold_torchs_dropout_modules():
     layer = layers.TransformerDecoderLayer(16, 2, 32, batch_first=True)
-    drops = [layer.dropout, layer.dropout1, layer.dropout2, layer.dropout3]
-    assert all(type(m) is Dropout for m in drops)
-    assert repr(layer.dropout) == repr(nn.Dropout(0.1))
-    assert type(layers.CausalSelfAttention(2, 16, dropout=0.1).resid_dropout) is Dropout
+    assert all(type(m) is nn.Dropout for m in (layer.dropout, layer.dropout1, layer.dropout2, layer.dropout3))
+    assert type(layers.CausalSelfAttention(2, 16, dropout=0.1).resid_dropout) is nn.Dropout
     model = nn.Sequential(nn.TransformerEncoderLayer(16, 2, 32), nn.Dropout(0.2))
     layers.convert(model)
-    assert type(model[0].dropout1) is Dropout and type(model[1]) is nn.Dropout  # the model's own: untouched
+    assert type(model[0].dropout1) is nn.Dropout and type(model[1]) is nn.Dropout
     layers.revert(model)
     assert type(model[0]) is nn.TransformerEncoderLayer and type(model[0].dropout1) is nn.Dropout
 

@@ -415,6 +415,25 @@ def test_dropout_draws_equal_torchs_on_a_dense_batch():
     assert torch.equal(ours(x), expected)
 
 
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_returned_weights_draw_torchs_dropout(with_padding):
+    """``need_weights=True`` in training (DETR's call): the same seed gives torch's weights, output and gradients
+    bitwise (the weights' dropout drawn as torch draws it, in one pass on CPU)."""
+    torch.manual_seed(3)
+    theirs = nn.MultiheadAttention(D, H, dropout=0.3, batch_first=True)
+    ours = layers.convert(copy.deepcopy(theirs))
+    x = torch.randn(N, S, D, requires_grad=True)
+    pad = padding(S) if with_padding else None
+    results = []
+    for module in (theirs, ours):
+        torch.manual_seed(9)
+        out, weights = module(x, x, x, key_padding_mask=pad)
+        grads = torch.autograd.grad((out.square().sum(), weights.sum()), [x, *module.parameters()])
+        results.append((out, weights, *grads))
+    for i, (a, b) in enumerate(zip(*results, strict=True)):
+        assert torch.equal(a, b), ["out", "weights", "grad x", "grad in_proj_weight"][min(i, 3)]
+
+
 def _graph_nodes(t: torch.Tensor) -> set[str]:
     seen, names, todo = set(), set(), [t.grad_fn]
     while todo:
