@@ -126,6 +126,8 @@ def test_chunked_window_batches_without_copying_key_slices(backend, layout):
     out = windowed_attention(attend, *ours, band, 0.0, None, False)
     chunk_keys = keys_seen[0]
     assert chunk_keys.size(1) == N * H and chunk_keys.size(2) > chunk_keys.size(0)  # (chunks, N * H, span, E)
+    # overlapping windows (a view): chunk c + 1 starts inside chunk c's slice; a copy of the slices would not
+    assert chunk_keys.stride(0) < chunk_keys.size(2) * chunk_keys.stride(2)
     if layout == "contiguous":
         assert chunk_keys.untyped_storage().data_ptr() == ours[1].untyped_storage().data_ptr()  # a view
     refs = [t.clone().requires_grad_() for t in base]
