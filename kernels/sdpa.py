@@ -13,6 +13,7 @@ from ._nested import as_jagged, band_for, like, packed_attention, padded_attenti
 from ._validate import validate_sdpa_args
 from .backends import Backend, NoBackendAvailableError, default_order, enabled_backends
 from .dispatch import DENSE, PACKED, profiled, select, unavailable_reasons
+from .dropout_masks import fast_path
 from .masks import band_of
 from .preferences import torch_priority
 from .reference import attention_probs, repeat_kv
@@ -276,6 +277,8 @@ def _detail(
             plan(tuple(_lengths(query)), tuple(_lengths(key)), band_for(is_causal, attn_mask), query.device).buckets
         )
         how = "torch's dense SDPA" if backend is Backend.TORCH else "the reference attention"
+        if backend is Backend.TORCH and dropout_p > 0 and fast_path(dropout_p, query.device):
+            how = "torch's CPU math steps with kernels.dropout's masks (not torch's random stream)"
         return f"{how} on buckets of similar lengths: {n} call(s) for {query.size(0)} sequences"
     if backend is Backend.TORCH:
         priority = torch_priority(query, key, attn_mask, is_causal, dropout_p)  # as `dispatch.torch_sdpa` sets it

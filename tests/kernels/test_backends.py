@@ -186,6 +186,10 @@ def test_explain_nested_counts_calls():
     assert (
         kernels.explain(y, y, y).detail == "torch's dense SDPA on buckets of similar lengths: 2 call(s) for 4 sequences"
     )
+    assert kernels.explain(y, y, y, dropout_p=0.1).detail == (  # dropout: the masks packed sequences draw
+        "torch's CPU math steps with kernels.dropout's masks (not torch's random stream) on buckets of similar "
+        "lengths: 2 call(s) for 4 sequences"
+    )
 
 
 def test_explain_runs_nothing(calls):
