@@ -82,8 +82,8 @@ def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True) -> torch
     """
     if not training or p == 0:
         return input
-    if input.is_nested or not fast_path(p, input.device):
-        return F.dropout(input, p, training)
+    if input.is_nested or not input.is_floating_point() or not fast_path(p, input.device):
+        return F.dropout(input, p, training)  # (an integer input: torch's error)
     keep, scale = keep_mask(tuple(input.shape), p, input.device)
     return input * (keep * input.new_tensor(scale))  # in the input's dtype; backward: one product with it
 

@@ -85,6 +85,9 @@ def test_torchs_dropout_where_the_masks_do_not_apply():
     torch.manual_seed(1)
     expected = nn.functional.dropout(x, 1.0)  # p = 1: all dropped (no infinite scale)
     assert torch.equal(kernels.dropout(x, 1.0), expected) and not expected.any()
+    assert kernels.dropout(torch.empty(0, 5), 0.5).shape == (0, 5)
+    with pytest.raises(RuntimeError, match="can't be cast"):  # an integer tensor: torch's own error
+        kernels.dropout(torch.ones(4, 3, dtype=torch.long), 0.5)
 
 
 @pytest.mark.parametrize("case", ["bool mask with an empty row, causal", "float mask with a -inf row", "gqa"])
