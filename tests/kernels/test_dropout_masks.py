@@ -123,3 +123,9 @@ def test_dropout_attention_equals_the_reference_with_its_mask(case):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
     if case.startswith("bool"):
         assert (out[1, :, 4] == 0).all() and (ours[1][1, :, 4] == 0).all()
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5])
+def test_dropout_refuses_p_outside_0_1_as_torch_does(p):
+    with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
+        kernels.dropout(torch.randn(4, 4), p)
