@@ -158,14 +158,15 @@ def with_parts(v: Variant) -> list[Variant]:
     import torch
 
     from .ops import dkdv_parts, dq_parts
-    from .tiles import kind_of
+    from .tiles import kind_of, split_kind
 
     if v.kernel not in ("bwd_dkdv", "bwd_dq"):
         return [v]
     kernel, dtype = KERNEL_NAMES[v.kernel], getattr(torch, v.dtype)
     kind = kind_of(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
     if v.kernel == "bwd_dkdv":
-        parts = dkdv_parts(v.arch, v.head_dim, v.head_dim, kind)
+        split = split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
+        parts = dkdv_parts(v.arch, v.head_dim, v.head_dim, kind, v.path == "tma", split)
     else:
         parts = dq_parts(v.arch, v.path == "tma", v.head_dim, kind)
     return [dataclasses.replace(v, part=part) for part in parts]
@@ -282,8 +283,9 @@ def compile_variant(v: Variant) -> dict:
 
 def no_wgmma_tile(v: Variant) -> bool:
     """The measured exception to ``wgmma`` on sm_90: dK/dV above head dim 128 where `ops.dkdv_parts` keeps one launch
-    (a mask or dropout tile, variable length, a window or grouped heads: no tile of either the one-launch or the
-    split kernel compiles spill-free with that state, 2026-11-27, triton 3.6 and 3.9)."""
+    (several features of extra state live at once, such as a mask and dropout, or one whose split row is empty
+    under the installed Triton: no tile of either the one-launch or the split kernel compiles spill-free with that
+    state, 2026-11-27, triton 3.6 and 3.9)."""
     return (v.kernel == "bwd_dkdv" and v.head_dim > 128 and v.part == 0) or v.kernel == "decode"
 
 
@@ -300,7 +302,7 @@ DECODE_VARIANTS = [  # one new token over a 4096-slot cache: dtypes, GQA (4 head
 
 def kept(v: Variant) -> list[tuple[int, int, int, int]]:
     """The tiles the autotuner keeps for this variant on its architecture (the prune rule)."""
-    from .tiles import block_dim, kept_tiles, kind_of
+    from .tiles import block_dim, kept_tiles, kind_of, split_kind, split_tiles
 
     if v.kernel == "bwd_pre":
         return [(0, 0, 4, 1)]
@@ -308,8 +310,11 @@ def kept(v: Variant) -> list[tuple[int, int, int, int]]:
         return [DECODE_TILE if v.kernel == "decode" else DECODE_COMBINE_TILE]
     import torch
 
-    kernel = KERNEL_NAMES[v.kernel]
-    kind = kind_of(kernel, getattr(torch, v.dtype), v.mask, v.dropout, v.varlen, v.window, v.gqa)
+    kernel, dtype = KERNEL_NAMES[v.kernel], getattr(torch, v.dtype)
+    kind = kind_of(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
+    if v.kernel == "bwd_dkdv" and v.part and kind == "tile":  # a dV or dK launch with one feature live
+        split = split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
+        return split_tiles(v.arch, v.path == "tma", block_dim(v.head_dim), split)
     return kept_tiles(kernel, v.arch, v.path == "tma", block_dim(v.head_dim), kind)
 
 
@@ -326,7 +331,8 @@ COVERING = [
     {"varlen": True, "gqa": True, "window": True},
     {"head_dim": 16, "odd": True, "tma": False},
     {"head_dim": 24, "odd": True},
-    {"head_dim": 256, "dtype": "bfloat16", "mask": 1},
+    {"head_dim": 256, "dtype": "bfloat16", "mask": 1},  # dK/dV: one feature live, the split launches
+    {"head_dim": 256, "dropout": True, "gqa": True},  # dK/dV: several, one launch (`no_wgmma_tile`)
 ]
 
 
@@ -345,14 +351,14 @@ def variants(full: bool, archs: tuple[int, ...]) -> list[Variant]:
                     flags = dict(zip(names, values, strict=True))
                     if flags["varlen"] and flags["mask"]:
                         continue  # the variable-length mode takes no mask
-                    base = Variant(kernel, arch, **flags)
-                    out += [dataclasses.replace(base, tile=t) for t in kept(base)]
+                    for part in with_parts(Variant(kernel, arch, **flags)):  # a split launch keeps its own tiles
+                        out += [dataclasses.replace(part, tile=t) for t in kept(part)]
                 continue
             for main in (Variant(kernel, arch), Variant(kernel, arch, head_dim=64)):
                 out += [dataclasses.replace(main, tile=t) for t in kept(main)]  # every kept tile
             for change in COVERING[1:]:
-                base = Variant(kernel, arch, **change)
-                out.append(dataclasses.replace(base, tile=kept(base)[0]))
+                for part in with_parts(Variant(kernel, arch, **change)):
+                    out.append(dataclasses.replace(part, tile=kept(part)[0]))
     return list(dict.fromkeys(part for v in out for part in with_parts(v)))
 
 
@@ -369,6 +375,13 @@ MEASURED_KINDS = {
     "tile": _TILE_STATE,
     "fp32": [{"dtype": "float32"}, {"dtype": "float32", "causal": True}],
     "fp32-tile": [{"dtype": "float32", **flags} for flags in _TILE_STATE],
+    # one feature live (`tiles.split_kind`): rows of dK/dV's dV and dK launches above head dim 128 on sm_90 only
+    "tile-bool": [{"mask": 1}, {"mask": 1, "causal": True}],
+    "tile-additive": [{"mask": 2}, {"mask": 2, "causal": True}],
+    "tile-dropout": [{"dropout": True}, {"dropout": True, "causal": True}],
+    "tile-varlen": [{"varlen": True}, {"varlen": True, "causal": True}],
+    "tile-window": [{"window": True}],
+    "tile-gqa": [{"gqa": True}, {"gqa": True, "causal": True}],
 }
 
 
@@ -383,13 +396,17 @@ def measure_tiles(
 
     todo, rows = [], []
     for arch, kernel, bucket, kind in itertools.product(archs, kernels, buckets, kinds):
+        one = kind.startswith("tile-")  # a one-feature kind: both launches of the split, whatever the table says
+        if one and not (arch >= 90 and kernel == "bwd_dkdv" and bucket > 128):
+            continue
         combos = MEASURED_KINDS[kind]
         for tma in (True, False) if arch >= 90 else (False,):
             for tile in CONFIGS[KERNEL_NAMES[kernel]]:
                 for flags in combos:
-                    for v in with_parts(Variant(kernel, arch, head_dim=bucket, tma=tma, tile=tile, **flags)):
-                        todo.append(v)
-                        rows.append((KERNEL_NAMES[kernel], (arch, v.path, bucket, kind)))
+                    v = Variant(kernel, arch, head_dim=bucket, tma=tma, tile=tile, **flags)
+                    for part in [dataclasses.replace(v, part=p) for p in (1, 2)] if one else with_parts(v):
+                        todo.append(part)
+                        rows.append((KERNEL_NAMES[kernel], (arch, part.path, bucket, kind)))
     reports = _compile_all(todo, jobs)
     passed: dict = {}
     for v, row, r in zip(todo, rows, reports, strict=True):

@@ -30,7 +30,18 @@ from .bwd import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
 from .common import grid_blocks
 from .decode import attn_decode_combine, attn_decode_split
 from .fwd import attn_fwd
-from .tiles import INTERPRET, PREPROCESS_BLOCK, block_dim, device_arch, dq_halves, kind_of, length_key, tuned
+from .tiles import (
+    INTERPRET,
+    PREPROCESS_BLOCK,
+    block_dim,
+    device_arch,
+    dq_halves,
+    kind_of,
+    length_key,
+    split_kind,
+    split_tiles,
+    tuned,
+)
 
 attn_fwd_tuned, attn_bwd_dkdv_tuned, attn_bwd_dq_tuned = (tuned(k) for k in (attn_fwd, attn_bwd_dkdv, attn_bwd_dq))
 log = logging.getLogger(__name__)
@@ -229,7 +240,8 @@ def backward_launches(
              *layout.strides(dv), *scalars),
             {**consts, "PART": part},
         )
-        for part in dkdv_parts(arch, D, DV, kind_of("attn_bwd_dkdv", *features, Hk != H))
+        for part in dkdv_parts(arch, D, DV, kind_of("attn_bwd_dkdv", *features, Hk != H), tma,
+                               split_kind("attn_bwd_dkdv", *features, Hk != H))
     ]  # fmt: skip
     dq_launches = [
         Launch(
@@ -248,12 +260,15 @@ def dq_parts(arch: int, tma: bool, D: int, kind: str) -> tuple[int, ...]:
     return (1, 2) if dq_halves(arch, tma, block_dim(D), kind) else (0,)
 
 
-def dkdv_parts(arch: int, D: int, DV: int, kind: str) -> tuple[int, ...]:
+def dkdv_parts(arch: int, D: int, DV: int, kind: str, tma: bool = True, split: str | None = None) -> tuple[int, ...]:
     """The dK/dV kernel's launches: one for both (``PART`` 0), or one for dV (1) and one for dK (2), each with one
-    accumulator (`attn_bwd_dkdv`): on sm_90 above head dim 128 without extra state (kind "plain"), where that makes
-    ``wgmma`` tiles spill-free. Measured: with a mask or dropout tile, a window and grouped heads live at once no
-    tile of the split compiles spill-free either, and sm_80 has no ``wgmma`` to gain; there one launch stays."""
-    return (1, 2) if arch >= 90 and max(block_dim(D), block_dim(DV)) > 128 and kind == "plain" else (0,)
+    accumulator (`attn_bwd_dkdv`): on sm_90 above head dim 128 without extra state (kind "plain") or with one
+    feature of it (``split``, `tiles.split_kind`) where the installed Triton's table keeps a tile for that feature,
+    as that makes ``wgmma`` tiles spill-free. Measured: with several features live at once (a mask and dropout, say)
+    no tile of the split compiles spill-free, and sm_80 has no ``wgmma`` to gain; there one launch stays."""
+    if arch < 90 or max(block_dim(D), block_dim(DV)) <= 128:
+        return (0,)
+    return (1, 2) if kind == "plain" or split_tiles(arch, tma, max(block_dim(D), block_dim(DV)), split) else (0,)
 
 
 def _forward(*args) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,13 @@ Re-measured the same day for the launches that run in parts (``--kernel``/``--he
 versions for `BOTH_36_39`; `BOTH_36_39`'s dQ (90, tma, 256, tile) row holds the tiles of dQ's half-head-dim launches
 under triton 3.6 (`DQ_HALVES_36`: only below 3.9 does dQ run in halves).
 
+Re-measured 2026-11-27 night for dK/dV above head dim 128 on sm_90 with **one** feature of extra state live (a bool
+mask, an additive mask, dropout, variable length, a window or grouped heads: kinds ``"tile-bool"``, ...,
+`tiles.split_kind`): rows of its dV and dK launches, each tile kept only where both launches compile spill-free
+with ``wgmma``, causal or not (``--measure-tiles --kernel bwd_dkdv --head-dim-bucket 256 --kind tile-bool ...``).
+Where a row is empty (grouped heads under 3.9; under 3.6 also dropout and an additive mask on the copy-engine
+path) one launch stays, as with several features.
+
 The compile check fails when a tile the installed version's table keeps spills.
 """
 
@@ -115,6 +122,19 @@ TRITON_39: Table = {
         (90, 'tma', 256, 'fp32-tile'): [],
         (90, 'tma', 256, 'plain'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
         (90, 'tma', 256, 'tile'): [(16, 16, 8, 1)],
+        # one feature live (`tiles.split_kind`): the dV and dK launches' tiles, both spill-free with wgmma
+        (90, 'ptr', 256, 'tile-additive'): [(16, 128, 8, 2), (16, 64, 4, 2)],
+        (90, 'ptr', 256, 'tile-bool'): [(16, 128, 8, 2)],
+        (90, 'ptr', 256, 'tile-dropout'): [(16, 128, 8, 2), (16, 64, 4, 2)],
+        (90, 'ptr', 256, 'tile-gqa'): [],
+        (90, 'ptr', 256, 'tile-varlen'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'ptr', 256, 'tile-window'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'tma', 256, 'tile-additive'): [(32, 128, 8, 2), (16, 128, 8, 2), (32, 64, 4, 2)],
+        (90, 'tma', 256, 'tile-bool'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
+        (90, 'tma', 256, 'tile-dropout'): [(16, 128, 8, 2), (16, 64, 4, 2)],
+        (90, 'tma', 256, 'tile-gqa'): [],
+        (90, 'tma', 256, 'tile-varlen'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'tma', 256, 'tile-window'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
     },
     'attn_bwd_dq': {
         (80, 'ptr', 64, 'fp32'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
@@ -232,6 +252,19 @@ BOTH_36_39: Table = {
         (90, 'tma', 256, 'fp32-tile'): [],
         (90, 'tma', 256, 'plain'): [(16, 128, 8, 2), (16, 64, 4, 2)],
         (90, 'tma', 256, 'tile'): [(16, 16, 8, 1)],
+        # one feature live (`tiles.split_kind`): the dV and dK launches' tiles, both spill-free with wgmma
+        (90, 'ptr', 256, 'tile-additive'): [(16, 128, 8, 2)],
+        (90, 'ptr', 256, 'tile-bool'): [(16, 128, 8, 2)],
+        (90, 'ptr', 256, 'tile-dropout'): [(16, 128, 8, 2)],
+        (90, 'ptr', 256, 'tile-gqa'): [],
+        (90, 'ptr', 256, 'tile-varlen'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'ptr', 256, 'tile-window'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'tma', 256, 'tile-additive'): [],
+        (90, 'tma', 256, 'tile-bool'): [(16, 64, 4, 2)],
+        (90, 'tma', 256, 'tile-dropout'): [],
+        (90, 'tma', 256, 'tile-gqa'): [],
+        (90, 'tma', 256, 'tile-varlen'): [(16, 128, 8, 2), (16, 64, 4, 2)],
+        (90, 'tma', 256, 'tile-window'): [(16, 128, 8, 2), (16, 64, 4, 2)],
     },
     'attn_bwd_dq': {
         (80, 'ptr', 64, 'fp32'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],

@@ -71,6 +71,35 @@ def kind_of(
     return "tile" if tile else "plain"
 
 
+SPLIT_FEATURES = ("bool", "additive", "dropout", "varlen", "window", "gqa")  # a bool or additive mask tile, ...
+
+
+def split_kind(
+    kernel: str, dtype: torch.dtype | None, mask_kind: int, dropout: bool,
+    varlen: bool = False, left_edge: bool = False, grouped: bool = False,
+) -> str | None:  # fmt: skip
+    """The finer kind of a dK/dV launch whose extra state is one feature only (``"tile-bool"`` for a bool mask tile,
+    ``"tile-additive"``, ``"tile-dropout"``, ``"tile-varlen"``, ``"tile-window"``, ``"tile-gqa"``): above head dim
+    128 on sm_90 its dV and dK launches (`ops.dkdv_parts`) have their own `SPILL_FREE` rows, where a ``wgmma`` tile
+    is spill-free with that one feature live (not with several: the "tile" kind). None for other kernels, float32,
+    and no or several features."""
+    flags = (mask_kind == 1, mask_kind == 2, dropout, varlen, left_edge, grouped)
+    live = [name for name, on in zip(SPLIT_FEATURES, flags, strict=True) if on]
+    if kernel != "attn_bwd_dkdv" or dtype == torch.float32 or len(live) != 1:
+        return None
+    return f"tile-{live[0]}"
+
+
+def split_tiles(arch: int, use_tma: bool, block_d: int, kind: str | None) -> list[Tile]:
+    """The `SPILL_FREE` row of a one-feature dK/dV kind (`split_kind`): the tiles spill-free with ``wgmma`` in both
+    its dV and its dK launch; empty where none is (or no row: head dims up to 128, sm_80)."""
+    if kind is None:
+        return []
+    return list(
+        SPILL_FREE["attn_bwd_dkdv"].get((arch_of(arch), "tma" if use_tma else "ptr", bucket_of(block_d), kind), [])
+    )
+
+
 def bucket_of(block_d: int) -> int:
     return next(b for b in (64, 128, 256) if block_d <= b)
 
@@ -159,6 +188,12 @@ def prune_for(kernel: str):
             args["GROUP"] != 1,
         )
         allowed = kept_tiles(kernel, device_arch(q), bool(args["USE_TMA"]), block_d, kind)
+        if args.get("PART", 0) and kind == "tile":  # a dV or dK launch with one feature live: its own row
+            one = split_kind(
+                kernel, q.dtype, args["MASK_KIND"], args["HAS_DROPOUT"], args["VARLEN"], args["HAS_LEFT"],
+                args["GROUP"] != 1,
+            )  # fmt: skip
+            allowed = split_tiles(device_arch(q), bool(args["USE_TMA"]), block_d, one) or allowed
         return [c for c in candidates if _tile(c) in allowed] or candidates[-1:]
 
     return prune

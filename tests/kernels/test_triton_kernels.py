@@ -35,14 +35,36 @@ def test_head_dims(head_dim):
 
 
 def test_dkdv_above_head_dim_128_is_two_launches():
-    """Above head dim 128 on sm_90 without extra state, dK/dV runs as a dV launch and a dK launch (one accumulator
-    each leaves registers for wgmma's tiles); at 128 and below, on sm_80, or with a mask, dropout, a window, packed
-    sequences or grouped heads (no split tile is spill-free there either), one launch computes both."""
-    from kernels.triton import ops
+    """Above head dim 128 on sm_90 without extra state, or with one feature of it where the installed Triton's table
+    keeps a spill-free wgmma tile for that feature, dK/dV runs as a dV launch and a dK launch (one accumulator each
+    leaves registers for wgmma's tiles); at 128 and below, on sm_80, or with several features live (a mask and
+    dropout, say: no split tile is spill-free), one launch computes both."""
+    import torch
+
+    from kernels.triton import ops, tiles
 
     assert ops.dkdv_parts(90, 128, 128, "plain") == (0,)
     assert ops.dkdv_parts(90, 160, 64, "plain") == ops.dkdv_parts(90, 64, 256, "plain") == (1, 2)
     assert ops.dkdv_parts(80, 256, 256, "plain") == ops.dkdv_parts(90, 256, 256, "tile") == (0,)
+    fp16, kernel = torch.float16, "attn_bwd_dkdv"
+    assert tiles.split_kind(kernel, fp16, 1, False) == "tile-bool" and tiles.split_kind(kernel, fp16, 0, True) == (
+        "tile-dropout"
+    )
+    assert tiles.split_kind(kernel, fp16, 0, False, grouped=True) == "tile-gqa"
+    several = (tiles.split_kind(kernel, fp16, 1, True), tiles.split_kind(kernel, fp16, 0, False, True, True))
+    assert several == (None, None) and tiles.split_kind("attn_fwd", fp16, 1, False) is None
+    assert tiles.split_kind(kernel, torch.float32, 1, False) is None
+    bool_tiles = tiles.split_tiles(90, True, 256, "tile-bool")
+    assert bool_tiles and all(n >= 64 for _, n, _, _ in bool_tiles)  # measured under both versions; wgmma's rows
+    assert ops.dkdv_parts(90, 256, 256, "tile", True, "tile-bool") == (1, 2)
+    assert (
+        ops.dkdv_parts(90, 128, 128, "tile", True, "tile-bool")
+        == ops.dkdv_parts(80, 256, 256, "tile", False, "tile-bool")
+        == (0,)
+    )
+    for kind in ("tile-additive", "tile-dropout", "tile-varlen", "tile-window", "tile-gqa"):  # the table decides
+        expected = (1, 2) if tiles.split_tiles(90, True, 256, kind) else (0,)
+        assert ops.dkdv_parts(90, 256, 256, "tile", True, kind) == expected, kind
     # dQ in halves only where the installed triton's table says so: sm_90, descriptors, head dim 256, more state
     import triton
 
@@ -51,6 +73,20 @@ def test_dkdv_above_head_dim_128_is_two_launches():
     halves = (1, 2) if spill_free.for_version(triton.__version__) is not spill_free.TRITON_39 else (0,)
     assert ops.dq_parts(90, True, 256, "tile") == halves
     assert ops.dq_parts(90, True, 256, "plain") == ops.dq_parts(80, False, 256, "tile") == (0,)
+
+
+def test_one_feature_above_head_dim_128_runs_the_split_and_equals_the_reference(monkeypatch):
+    """A bool mask alone at head dim 160 (fp16): the backward's dK/dV runs as its dV and dK launches (the table keeps
+    a wgmma tile for that one feature under both Triton versions), against torch and float64, every gradient."""
+    from kernels.triton import ops
+
+    parts = []
+    real = ops.dkdv_parts
+    monkeypatch.setattr(ops, "dkdv_parts", lambda *args: parts.append(real(*args)) or parts[-1])
+    tensors = random_qkv((1,), 2, 19, 23, 160)
+    tensors["attn_mask"] = torch.rand(1, 1, 19, 23) > 0.3
+    compare_backend(Backend.TRITON, tensors, torch.float16)
+    assert parts == [(1, 2)]
 
 
 @pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "pointers"])
@@ -92,10 +128,10 @@ def test_backward_in_two_launches_equals_one(case, descriptors, monkeypatch):
             out = attend(*leaves)
         return (out, *torch.autograd.grad(out, leaves, grad))
 
-    monkeypatch.setattr(ops, "dkdv_parts", lambda arch, D, DV, kind: (1, 2))  # forced: these cases have state
+    monkeypatch.setattr(ops, "dkdv_parts", lambda arch, D, DV, kind, *split: (1, 2))  # forced: these cases have state
     monkeypatch.setattr(ops, "dq_parts", lambda arch, tma, D, kind: (1, 2))
     split = gradients()
-    monkeypatch.setattr(ops, "dkdv_parts", lambda arch, D, DV, kind: (0,))
+    monkeypatch.setattr(ops, "dkdv_parts", lambda arch, D, DV, kind, *split: (0,))
     monkeypatch.setattr(ops, "dq_parts", lambda arch, tma, D, kind: (0,))
     one = gradients()
     for name, a, b in zip(("out", "dq", "dk", "dv"), split, one, strict=True):
