@@ -52,26 +52,23 @@ def windowed_attention(
     rel = torch.arange(span, device=q.device)[None, :] - torch.arange(chunk, device=q.device)[:, None]
     mask = (rel >= 0) & (rel < width)  # (C, span): the same band in every chunk, broadcast over them
 
-    def chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # (N, H, *, E) -> (N, H, rows, Ev)
-        n, h = q.shape[:2]
-        # chunks as the batch dim, (batch, head) as the heads: torch's SDPA takes its fused CPU kernel for 4-D
-        # inputs only (5-D ones go to the math path, measured 2-3x slower here)
-        q_in = q[:, :, lo * chunk : hi * chunk].unflatten(2, (chunks, chunk)).permute(2, 0, 1, 3, 4).flatten(1, 2)
-        # the keys' slices as overlapping windows of the keys themselves (views: nothing copied)
-        k_in, v_in = (
-            t[:, :, start : start + (chunks - 1) * chunk + span].unfold(2, span, chunk).permute(2, 0, 1, 4, 3)
-            .flatten(1, 2)
-            for t in (k, v)
-        )  # fmt: skip  # (chunks, N * H, span, *)
-        out = attend(q_in, k_in, v_in, mask, dropout_p, False, scale, False)  # (chunks, N * H, C, Ev)
-        return out.unflatten(1, (n, h)).permute(1, 2, 0, 3, 4).flatten(2, 3)  # (N, H, chunks * C, Ev)
-
     # batch and heads not one strided dim (heads interleaved in the tokens, as a layer's projections leave them):
     # one copy in (N, H, S, E) order, where batch x chunk as the batch dim copied every key slice (C + window - 1
     # keys per C queries). Interleaved A/B, L = 4096, window 128, forward + backward: batch 4 and 8 contiguous
     # 1.17x and 1.22x less time (no copy at all now), interleaved 1.04x-1.08x; batch 1 unchanged (never copied)
     q, k, v = (t if _one_batch_dim(t) else t.contiguous() for t in (q, k, v))
-    pieces = [chunked(q, k, v)]
+    n, h = q.shape[:2]
+    # chunks as the batch dim, (batch, head) as the heads: torch's SDPA takes its fused CPU kernel for 4-D inputs
+    # only (5-D ones go to the math path, measured 2-3x slower here)
+    q_in = q[:, :, lo * chunk : hi * chunk].unflatten(2, (chunks, chunk)).permute(2, 0, 1, 3, 4).flatten(1, 2)
+    # the keys' slices as overlapping windows of the keys themselves (views: nothing copied)
+    k_in, v_in = (
+        t[:, :, start : start + (chunks - 1) * chunk + span].unfold(2, span, chunk).permute(2, 0, 1, 4, 3)
+        .flatten(1, 2)
+        for t in (k, v)
+    )  # fmt: skip  # (chunks, N * H, span, *)
+    out = attend(q_in, k_in, v_in, mask, dropout_p, False, scale, False)  # (chunks, N * H, C, Ev)
+    pieces = [out.unflatten(1, (n, h)).permute(1, 2, 0, 3, 4).flatten(2, 3)]  # (N, H, chunks * C, Ev)
     # the rows before and after those chunks (their slices would reach outside the keys), over the keys they see
     if lo:
         pieces.insert(0, _rows(attend, q, k, v, band, 0, lo * chunk, L, S, dropout_p, scale))
