@@ -166,21 +166,21 @@ class FeedForwardLayer(TorchScriptable, ConfigMixin):
     def get_config(self) -> dict[str, Any]:
         return layer_config(self)
 
-    def _ff_block(self, x: torch.Tensor) -> torch.Tensor:
+    def _ff_block(self, x: torch.Tensor, packed: bool = False) -> torch.Tensor:
         """torch's feed-forward block, with ReLU in place when no gradient is recorded: it overwrites the first
         linear's output and saves an allocation of ``(T, dim_feedforward)``. Not in training: that output is a view
-        (linear on a 3-D input), and an in-place op on a view costs three copies of it in backward (measured)."""
+        (linear on a 3-D input), and an in-place op on a view costs three copies of it in backward (measured).
+        ``packed``: ``x`` holds packed tokens ``(T, E)``, and the dropout modules run through `packed_dropout`."""
         h = self.linear1(x)
         in_place = self.activation is F.relu and not h.is_nested and not h.requires_grad
         h = torch.relu_(h) if in_place else self.activation(h)
-        return getattr(self, self._ff_dropout)(self.linear2(self.dropout(h)))
+        last = getattr(self, self._ff_dropout)
+        if packed:
+            return packed_dropout(last, self.linear2(packed_dropout(self.dropout, h)))
+        return last(self.linear2(self.dropout(h)))
 
     def _packed_ff_block(self, x: torch.Tensor) -> torch.Tensor:
-        """`_ff_block` on packed tokens ``(T, E)``: the dropout modules through `packed_dropout`."""
-        h = self.linear1(x)
-        h = torch.relu_(h) if self.activation is F.relu and not h.requires_grad else self.activation(h)
-        h = self.linear2(packed_dropout(self.dropout, h))
-        return packed_dropout(getattr(self, self._ff_dropout), h)
+        return self._ff_block(x, packed=True)
 
     def _residual(self, x: torch.Tensor, block: Callable[[torch.Tensor], torch.Tensor], norm: nn.Module):
         """``x + block(norm(x))`` (norm first) or ``norm(x + block(x))``: torch's two layouts of a sub-layer."""
