@@ -2,7 +2,8 @@
 random stream anyway (packed sequences: their elements are not where a padded batch has them).
 
 On CPU torch draws a dropout mask with ``bernoulli_``, one generator call per element: ~7 ns an element here, about
-30% of a training step of a small transformer (profiled: `layers.bench`'s padded cases). One call of the same
+a quarter of a padded decoder training step (profiled once on `layers.bench`'s ``train-decoder``; ~29% of torch's
+dense step). One call of the same
 generator fills 64 bits, so `keep_mask` draws 64-bit integers and reads them as four 16-bit numbers each: an
 element is kept where its number is at least ``p`` of the way up, i.e. with probability ``1 - p'``, ``p'`` being
 ``p`` rounded to a multiple of 2^-16 (within 7.7e-6 of it), and the kept elements are scaled by ``1 / (1 - p')``, so

@@ -2,7 +2,8 @@
 
 The layers keep torch's ``nn.Dropout`` modules (their draws, bitwise, on dense batches). On the packed paths (padding
 skipped, nested inputs) they call them through `packed_dropout`, which on CPU draws the mask as `kernels.dropout`
-does (~3x less time forward and backward than torch's ``bernoulli_``): packed tokens cannot follow torch's random
+does (one generator call per four elements, not one per element; measured ad hoc on a ``(1100, 1024)``
+activation, forward and backward: ~3x less time than torch's dropout): packed tokens cannot follow torch's random
 stream anyway (docs/decisions.md).
 """
 

@@ -266,9 +266,10 @@ def dkdv_parts(arch: int, D: int, DV: int, kind: str, tma: bool = True, split: s
     feature of it (``split``, `tiles.split_kind`) where the installed Triton's table keeps a tile for that feature,
     as that makes ``wgmma`` tiles spill-free. Measured: with several features live at once (a mask and dropout, say)
     no tile of the split compiles spill-free, and sm_80 has no ``wgmma`` to gain; there one launch stays."""
-    if arch < 90 or max(block_dim(D), block_dim(DV)) <= 128:
+    block = max(block_dim(D), block_dim(DV))
+    if arch < 90 or block <= 128:
         return (0,)
-    return (1, 2) if kind == "plain" or split_tiles(arch, tma, max(block_dim(D), block_dim(DV)), split) else (0,)
+    return (1, 2) if kind == "plain" or split_tiles(arch, tma, block, split) else (0,)
 
 
 def _forward(*args) -> tuple[torch.Tensor, torch.Tensor]:
