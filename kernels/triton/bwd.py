@@ -56,14 +56,15 @@ def attn_bwd_preprocess(
 
 @triton.jit
 def _dkdv_block(
-    dk, dv, k, v, Q, DO, q_desc, do_desc, mask_cols, Lse, Delta, seed, start_m, cols, drop_base, L, S, D, DV,
-    qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p,
+    dk, dv, k, v, Q, DO, q_desc, do_desc, qh_desc, mask_cols, Lse, Delta, seed, start_m, cols, drop_base, L, S, D,
+    DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p,
     MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, USE_TMA: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
-    PART: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    PART: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
     """One query block's contribution to this key block's dK and dV (``PART`` 0), dV only (1) or dK only (2), in
-    transposed tiles (keys x queries)."""
+    transposed tiles (keys x queries); with ``HALF`` 1 or 2, to one half of the columns of that one (``do_desc``:
+    then over dO's half for dV; ``qh_desc``: over Q's half for dK)."""
     rows = start_m + tl.arange(0, BLOCK_M)
     q = _load_rows(Q, q_desc, start_m, stride_qm, L, D, BLOCK_M, BLOCK_D, USE_TMA, MASKED, EVEN_D)
     x = tl.dot(k, tl.trans(q), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
@@ -80,7 +81,12 @@ def _dkdv_block(
         tile = tl.load(mask_cols + (tl.minimum(rows, L - 1) if MASKED else rows)[None, :] * stride_mm)
         x = _mask_tile(x, tile, qk_scale, MASK_KIND)
     p = tl.math.exp2(x * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M); 0 where masked
-    do = _load_rows(DO, do_desc, start_m, stride_dom, L, DV, BLOCK_M, BLOCK_DV, USE_TMA, MASKED, EVEN_D)
+    if PART == 1 and HALF != 0:  # dV's half only needs dO's half
+        c0 = (HALF - 1) * (BLOCK_DV // 2)
+        do = _load_rows(DO + c0, do_desc, start_m, stride_dom, L, DV - c0, BLOCK_M, BLOCK_DV // 2, USE_TMA, MASKED,
+                        EVEN_D)  # fmt: skip
+    else:
+        do = _load_rows(DO, do_desc, start_m, stride_dom, L, DV, BLOCK_M, BLOCK_DV, USE_TMA, MASKED, EVEN_D)
     if PART != 1:
         dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
     if HAS_DROPOUT:
@@ -95,7 +101,13 @@ def _dkdv_block(
         if HAS_DROPOUT:
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[None, :])
-        dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=PRECISION)
+        if HALF != 0:  # dK[:, half] = dS^T Q[:, half]: this query block's columns of the half
+            c0 = (HALF - 1) * (BLOCK_D // 2)
+            qh = _load_rows(Q + c0, qh_desc, start_m, stride_qm, L, D - c0, BLOCK_M, BLOCK_D // 2, USE_TMA, MASKED,
+                            EVEN_D)  # fmt: skip
+            dk = tl.dot(ds.to(q.dtype), qh, dk, input_precision=PRECISION)
+        else:
+            dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=PRECISION)
     return dk, dv
 
 
@@ -108,14 +120,16 @@ def attn_bwd_dkdv(
     B, H, GROUP, L, S, D, DV, TQ, L_KEY, S_KEY, sm_scale, dropout_p, left, right,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, LOWER_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, PRECISION: tl.constexpr, VARLEN: tl.constexpr, USE_TMA: tl.constexpr,
-    EVEN_D: tl.constexpr, PART: tl.constexpr,
+    EVEN_D: tl.constexpr, PART: tl.constexpr, HALF: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):  # fmt: skip
     """dK, dV of one key block ``[n0, n0 + BLOCK_N)`` of one (batch, key/value head); layouts as `attn_fwd`.
 
     ``PART`` 0 computes both; above head dim 128 the launcher runs the kernel twice, ``PART`` 1 for dV and 2 for
     dK: two (BLOCK_N, 256) float32 accumulators leave no registers for the 64-row tiles ``wgmma`` needs, one does.
-    The price is Q K^T computed in both launches (5 products per block pair instead of 4)."""
+    The price is Q K^T computed in both launches (5 products per block pair instead of 4). Where even one
+    accumulator leaves too few (several features live: `ops.dkdv_parts`), each part runs once per half of its
+    columns (``HALF`` 1 and 2), as dQ's halves do: 8 products per block pair instead of 4, all of them ``wgmma``."""
     h_kv = tl.program_id(1)
     if VARLEN:
         b, k_start, S, start_n = _find_sequence(CuK, B, tl.program_id(0), BLOCK_N)
@@ -146,8 +160,14 @@ def attn_bwd_dkdv(
     else:
         v = k  # not read: dV needs P and dO only
     seed = tl.load(Seed) if HAS_DROPOUT else 0
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
+    if HALF != 0 and PART == 2:
+        dk = tl.zeros([BLOCK_N, BLOCK_D // 2], tl.float32)
+    else:
+        dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    if HALF != 0 and PART == 1:
+        dv = tl.zeros([BLOCK_N, BLOCK_DV // 2], tl.float32)
+    else:
+        dv = tl.zeros([BLOCK_N, BLOCK_DV], tl.float32)
     qk_scale = sm_scale * LOG2E
     shift = S - L if LOWER_RIGHT else 0
     lo, mid_lo, mid_hi, hi = _row_bounds(n0, L, S, shift, left, right, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
@@ -159,7 +179,15 @@ def attn_bwd_dkdv(
         lse_h = Lse + row
         delta_h = Delta + row
         q_desc = _descriptor(Qh, L, D, stride_qm, BLOCK_M, BLOCK_D, USE_TMA)
-        do_desc = _descriptor(DOh, L, DV, stride_dom, BLOCK_M, BLOCK_DV, USE_TMA)
+        qh_desc = q_desc  # unused without halves
+        if PART == 1 and HALF != 0:  # dV's half reads dO's half
+            c0 = (HALF - 1) * (BLOCK_DV // 2)
+            do_desc = _descriptor(DOh + c0, L, DV - c0, stride_dom, BLOCK_M, BLOCK_DV // 2, USE_TMA)
+        else:
+            do_desc = _descriptor(DOh, L, DV, stride_dom, BLOCK_M, BLOCK_DV, USE_TMA)
+            if HALF != 0:  # dK's half reads Q's half too
+                c0 = (HALF - 1) * (BLOCK_D // 2)
+                qh_desc = _descriptor(Qh + c0, L, D - c0, stride_qm, BLOCK_M, BLOCK_D // 2, USE_TMA)
         mask_cols = Qh  # unused without a mask
         if MASK_KIND != 0:  # columns clamped: the junk columns of the last key block read in bounds
             mask_cols = Mask + b64 * stride_mb + h * stride_mh + tl.minimum(cols, S - 1)[:, None] * stride_mn
@@ -167,33 +195,44 @@ def attn_bwd_dkdv(
         if HAS_RIGHT:  # the diagonal (causal) or the window's right edge
             for start_m in range(lo, mid_lo, BLOCK_M):
                 dk, dv = _dkdv_block(
-                    dk, dv, k, v, Qh, DOh, q_desc, do_desc, mask_cols, lse_h, delta_h, seed, start_m, cols, drop_base,
-                    L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p, True,
-                    HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART,
+                    dk, dv, k, v, Qh, DOh, q_desc, do_desc, qh_desc, mask_cols, lse_h, delta_h, seed, start_m, cols,
+                    drop_base, L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p,
+                    True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART, HALF,
                     BLOCK_M, BLOCK_D, BLOCK_DV,
                 )  # fmt: skip
         for start_m in range(mid_lo, mid_hi, BLOCK_M):  # whole blocks: no mask
             dk, dv = _dkdv_block(
-                dk, dv, k, v, Qh, DOh, q_desc, do_desc, mask_cols, lse_h, delta_h, seed, start_m, cols, drop_base,
-                L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p, False,
-                HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART,
+                dk, dv, k, v, Qh, DOh, q_desc, do_desc, qh_desc, mask_cols, lse_h, delta_h, seed, start_m, cols,
+                drop_base, L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p,
+                False, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART, HALF,
                 BLOCK_M, BLOCK_D, BLOCK_DV,
             )  # fmt: skip
         for start_m in range(mid_hi, hi, BLOCK_M):  # the window's left edge, the last partial block
             dk, dv = _dkdv_block(
-                dk, dv, k, v, Qh, DOh, q_desc, do_desc, mask_cols, lse_h, delta_h, seed, start_m, cols, drop_base,
-                L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p, True,
-                HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART,
+                dk, dv, k, v, Qh, DOh, q_desc, do_desc, qh_desc, mask_cols, lse_h, delta_h, seed, start_m, cols,
+                drop_base, L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p,
+                True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART, HALF,
                 BLOCK_M, BLOCK_D, BLOCK_DV,
             )  # fmt: skip
 
     if PART != 1:
-        dk_desc = _descriptor(DK, S, D, stride_dkn, BLOCK_N, BLOCK_D, USE_TMA)
         dk = (dk * sm_scale).to(DK.dtype.element_ty)
-        _store_rows(DK, dk_desc, n0, stride_dkn, S, D, dk, BLOCK_N, BLOCK_D, USE_TMA)
+        if HALF != 0:
+            c0 = (HALF - 1) * (BLOCK_D // 2)
+            dk_desc = _descriptor(DK + c0, S, D - c0, stride_dkn, BLOCK_N, BLOCK_D // 2, USE_TMA)
+            _store_rows(DK + c0, dk_desc, n0, stride_dkn, S, D - c0, dk, BLOCK_N, BLOCK_D // 2, USE_TMA)
+        else:
+            dk_desc = _descriptor(DK, S, D, stride_dkn, BLOCK_N, BLOCK_D, USE_TMA)
+            _store_rows(DK, dk_desc, n0, stride_dkn, S, D, dk, BLOCK_N, BLOCK_D, USE_TMA)
     if PART != 2:
-        dv_desc = _descriptor(DVout, S, DV, stride_dvn, BLOCK_N, BLOCK_DV, USE_TMA)
-        _store_rows(DVout, dv_desc, n0, stride_dvn, S, DV, dv.to(DVout.dtype.element_ty), BLOCK_N, BLOCK_DV, USE_TMA)
+        dv = dv.to(DVout.dtype.element_ty)
+        if HALF != 0:
+            c0 = (HALF - 1) * (BLOCK_DV // 2)
+            dv_desc = _descriptor(DVout + c0, S, DV - c0, stride_dvn, BLOCK_N, BLOCK_DV // 2, USE_TMA)
+            _store_rows(DVout + c0, dv_desc, n0, stride_dvn, S, DV - c0, dv, BLOCK_N, BLOCK_DV // 2, USE_TMA)
+        else:
+            dv_desc = _descriptor(DVout, S, DV, stride_dvn, BLOCK_N, BLOCK_DV, USE_TMA)
+            _store_rows(DVout, dv_desc, n0, stride_dvn, S, DV, dv, BLOCK_N, BLOCK_DV, USE_TMA)
 
 
 @triton.jit

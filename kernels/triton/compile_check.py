@@ -68,7 +68,8 @@ class Variant:
     odd: bool = False  # lengths that are not multiples of 16
     tma: bool = True  # the copy-engine path where the architecture has it; False: the pointer path
     tile: tuple[int, int, int, int] = (0, 0, 0, 0)  # BLOCK_M, BLOCK_N, num_warps, num_stages
-    part: int = 0  # bwd_dkdv above head dim 128: 1 the dV launch, 2 the dK one (`ops.dkdv_parts`); bwd_dq: the half
+    part: int = 0  # bwd_dkdv above head dim 128: 1 the dV launch, 2 the dK one (`ops.dkdv_parts`)
+    half: int = 0  # bwd_dq, a bwd_dkdv part: 1 or 2, the launch over that half of the head dim (0: all of it)
 
     @property
     def path(self) -> str:
@@ -78,8 +79,8 @@ class Variant:
     def loop_kernel(self) -> str:
         """The kernel's name for the loop profile's FLOP count (the dK/dV parts do different products)."""
         if self.kernel == "bwd_dkdv":
-            return ("bwd_dkdv", "bwd_dv", "bwd_dk")[self.part]
-        return "bwd_dq_half" if self.kernel == "bwd_dq" and self.part else self.kernel
+            return ("bwd_dkdv", "bwd_dv", "bwd_dk")[self.part] + ("_half" if self.half else "")
+        return "bwd_dq_half" if self.kernel == "bwd_dq" and self.half else self.kernel
 
     def label(self) -> str:
         names = ("varlen", "causal", "window", "dropout", "gqa", "odd")
@@ -129,10 +130,14 @@ def _example_launch(v: Variant):
         return ops.forward_launch(q, k, v_, mask, seed, *options, tma=tma)[0]
     out, lse = ops.forward_launch(q, k, v_, mask, seed, *options, tma=tma)[1:]
     grad = torch.randn(out.shape, generator=gen).to(dtype)
-    launches = ops.backward_launches(grad, q, k, v_, mask, seed, out, lse, *options, tma=tma, arch=v.arch)[0]
+    parts = ((v.part, v.half),) if v.kernel == "bwd_dkdv" else None  # the variant's launch, table or not
+    launches = ops.backward_launches(
+        grad, q, k, v_, mask, seed, out, lse, *options, tma=tma, arch=v.arch, dkdv_launches=parts
+    )[0]
     return next(
         launch for launch in launches
-        if launch.kernel == KERNEL_NAMES[v.kernel] and launch.kwargs.get("PART", launch.kwargs.get("HALF", 0)) == v.part
+        if launch.kernel == KERNEL_NAMES[v.kernel]
+        and (launch.kwargs.get("PART", 0), launch.kwargs.get("HALF", 0)) == (v.part, v.half)
     )  # fmt: skip
 
 
@@ -167,9 +172,8 @@ def with_parts(v: Variant) -> list[Variant]:
     if v.kernel == "bwd_dkdv":
         split = split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
         parts = dkdv_parts(v.arch, v.head_dim, v.head_dim, kind, v.path == "tma", split)
-    else:
-        parts = dq_parts(v.arch, v.path == "tma", v.head_dim, kind)
-    return [dataclasses.replace(v, part=part) for part in parts]
+        return [dataclasses.replace(v, part=part, half=half) for part, half in parts]
+    return [dataclasses.replace(v, half=half) for half in dq_parts(v.arch, v.path == "tma", v.head_dim, kind)]
 
 
 def jit_specialisation(fn, args: tuple, kwargs: dict, arch: int):
@@ -283,9 +287,9 @@ def compile_variant(v: Variant) -> dict:
 
 def no_wgmma_tile(v: Variant) -> bool:
     """The measured exception to ``wgmma`` on sm_90: dK/dV above head dim 128 where `ops.dkdv_parts` keeps one launch
-    (several features of extra state live at once, such as a mask and dropout, or one whose split row is empty
-    under the installed Triton: no tile of either the one-launch or the split kernel compiles spill-free with that
-    state, 2026-11-27, triton 3.6 and 3.9)."""
+    (more features of extra state live at once than its half-head-dim launches take, `tiles.halves_take`: dropout
+    with grouped heads, say, or a mask with dropout and a window: no tile of the one launch, the split or the halves
+    compiles spill-free with that state, 2026-11-27, triton 3.6 and 3.9)."""
     return (v.kernel == "bwd_dkdv" and v.head_dim > 128 and v.part == 0) or v.kernel == "decode"
 
 
@@ -302,7 +306,7 @@ DECODE_VARIANTS = [  # one new token over a 4096-slot cache: dtypes, GQA (4 head
 
 def kept(v: Variant) -> list[tuple[int, int, int, int]]:
     """The tiles the autotuner keeps for this variant on its architecture (the prune rule)."""
-    from .tiles import block_dim, kept_tiles, kind_of, split_kind, split_tiles
+    from .tiles import block_dim, kept_tiles, kind_of, split_kind, split_row, split_tiles
 
     if v.kernel == "bwd_pre":
         return [(0, 0, 4, 1)]
@@ -312,8 +316,8 @@ def kept(v: Variant) -> list[tuple[int, int, int, int]]:
 
     kernel, dtype = KERNEL_NAMES[v.kernel], getattr(torch, v.dtype)
     kind = kind_of(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
-    if v.kernel == "bwd_dkdv" and v.part and kind == "tile":  # a dV or dK launch with one feature live
-        split = split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
+    if v.kernel == "bwd_dkdv" and v.part and kind == "tile":  # a split launch with extra state: its own row
+        split = split_row(split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa), v.half)
         return split_tiles(v.arch, v.path == "tma", block_dim(v.head_dim), split)
     return kept_tiles(kernel, v.arch, v.path == "tma", block_dim(v.head_dim), kind)
 
@@ -332,7 +336,8 @@ COVERING = [
     {"head_dim": 16, "odd": True, "tma": False},
     {"head_dim": 24, "odd": True},
     {"head_dim": 256, "dtype": "bfloat16", "mask": 1},  # dK/dV: one feature live, the split launches
-    {"head_dim": 256, "dropout": True, "gqa": True},  # dK/dV: several, one launch (`no_wgmma_tile`)
+    {"head_dim": 256, "varlen": True, "window": True, "gqa": True},  # dK/dV: a few features, the halves
+    {"head_dim": 256, "dropout": True, "gqa": True},  # dK/dV: more, one launch (`no_wgmma_tile`)
 ]
 
 
@@ -382,6 +387,23 @@ MEASURED_KINDS = {
     "tile-varlen": [{"varlen": True}, {"varlen": True, "causal": True}],
     "tile-window": [{"window": True}],
     "tile-gqa": [{"gqa": True}, {"gqa": True, "causal": True}],
+    # a few features live (`tiles.halves_take`): dV's and dK's launches over half the head dim; each pair, the
+    # triple, and the one features whose own row is empty under some version (they run these launches there)
+    "tile-halves": [
+        {"mask": 1, "dropout": True, "causal": True},
+        {"mask": 2, "dropout": True},
+        {"mask": 1, "window": True},
+        {"mask": 2, "window": True},
+        {"varlen": True, "dropout": True, "causal": True},
+        {"varlen": True, "window": True},
+        {"varlen": True, "gqa": True, "causal": True},
+        {"dropout": True, "window": True},
+        {"window": True, "gqa": True},
+        {"varlen": True, "window": True, "gqa": True, "causal": True},
+        {"gqa": True, "causal": True},
+        {"dropout": True, "causal": True},
+        {"mask": 2},
+    ],
 }
 
 
@@ -396,15 +418,19 @@ def measure_tiles(
 
     todo, rows = [], []
     for arch, kernel, bucket, kind in itertools.product(archs, kernels, buckets, kinds):
-        one = kind.startswith("tile-")  # a one-feature kind: both launches of the split, whatever the table says
+        one = kind.startswith("tile-")  # a split kind: the split's launches, whatever the table says
         if one and not (arch >= 90 and kernel == "bwd_dkdv" and bucket > 128):
             continue
         combos = MEASURED_KINDS[kind]
         for tma in (True, False) if arch >= 90 else (False,):
             for tile in CONFIGS[KERNEL_NAMES[kernel]]:
+                if one and tile[1] < 64:  # wgmma needs 64 key rows: such a tile fails a split row's check anyway
+                    continue
                 for flags in combos:
                     v = Variant(kernel, arch, head_dim=bucket, tma=tma, tile=tile, **flags)
-                    for part in [dataclasses.replace(v, part=p) for p in (1, 2)] if one else with_parts(v):
+                    halves = (1, 2) if kind == "tile-halves" else (0,)
+                    launches = [dataclasses.replace(v, part=p, half=h) for p in (1, 2) for h in halves]
+                    for part in launches if one else with_parts(v):
                         todo.append(part)
                         rows.append((KERNEL_NAMES[kernel], (arch, part.path, bucket, kind)))
     reports = _compile_all(todo, jobs)

@@ -20,10 +20,14 @@ import tempfile
 
 # Matrix-product FLOPs of one hot-loop iteration, per BLOCK_M * BLOCK_N * head dim: the forward does Q K^T and P V,
 # the dQ pass Q K^T, dO V^T and dS K, the dK/dV pass those and P^T dO, dS^T Q; above head dim 128 dK/dV runs as a dV
-# launch (Q K^T, P^T dO) and a dK launch (Q K^T, dO V^T, dS^T Q); a dQ half does Q K^T, dO V^T and half of dS K;
+# launch (Q K^T, P^T dO) and a dK launch (Q K^T, dO V^T, dS^T Q), and where those run in halves of the head dim
+# (`ops.dkdv_parts`) each half does them with half of its last product; a dQ half does Q K^T, dO V^T and half of dS K;
 # the decode split, like the forward, Q K^T and P V (on a 16-row tile, most of its rows padding at one new token:
 # its figure compares compiles of that kernel, it is bound by reading the cache, not by these products).
-LOOP_FLOPS = {"fwd": 4, "bwd_dq": 6, "bwd_dkdv": 8, "bwd_dv": 4, "bwd_dk": 6, "bwd_dq_half": 5, "decode": 4}
+LOOP_FLOPS = {
+    "fwd": 4, "bwd_dq": 6, "bwd_dkdv": 8, "bwd_dv": 4, "bwd_dk": 6, "bwd_dq_half": 5, "bwd_dv_half": 3,
+    "bwd_dk_half": 5, "decode": 4,
+}  # fmt: skip
 
 _INSTRUCTION = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", re.MULTILINE)
 _BRANCH = re.compile(r"\bBRA\b[^;]*?0x([0-9a-f]+)")

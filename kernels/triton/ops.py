@@ -31,6 +31,7 @@ from .common import grid_blocks
 from .decode import attn_decode_combine, attn_decode_split
 from .fwd import attn_fwd
 from .tiles import (
+    HALVES_KIND,
     INTERPRET,
     PREPROCESS_BLOCK,
     block_dim,
@@ -205,11 +206,13 @@ def forward_launch(q, k, v, mask, seed, dropout_p, scale, left, right, lower_rig
 
 def backward_launches(
     grad_out, q, k, v, mask, seed, out, lse, dropout_p, scale, left, right, lower_right, allow_tf32, layout, tma=None,
-    arch=None,
+    arch=None, dkdv_launches=None,
 ):  # fmt: skip
-    """The backward's launches (preprocess, dK/dV, dQ; dK/dV and dQ each in two parts where `dkdv_parts` and
+    """The backward's launches (preprocess, dK/dV, dQ; dK/dV and dQ each in parts where `dkdv_parts` and
     `dq_parts` say) and the gradients they fill ``(launches, dq, dk, dv)``. ``arch``: the compute capability
-    compiled for (default: the device's; 90 for CPU tensors, as the autotuner's prune assumes)."""
+    compiled for (default: the device's; 90 for CPU tensors, as the autotuner's prune assumes); ``dkdv_launches``:
+    the dK/dV ``(PART, HALF)`` launches to build instead of `dkdv_parts`' (the compile check measures tiles for
+    launches the table does not choose yet)."""
     grad_out, q, k, v, out = (contiguous_last(t) for t in (grad_out, q, k, v, out))
     D, DV = q.size(-1), v.size(-1)
     H, Hk = layout.heads, layout.kv_heads
@@ -238,10 +241,12 @@ def backward_launches(
             "attn_bwd_dkdv", lambda meta: (layout.grid(meta["BLOCK_N"], keys=True), bh * Hk),
             (q, k, v, mask_t, grad_out, lse, delta, dk, dv, seed, *offsets, *common, *layout.strides(dk),
              *layout.strides(dv), *scalars),
-            {**consts, "PART": part},
+            {**consts, "PART": part, "HALF": half},
         )
-        for part in dkdv_parts(arch, D, DV, kind_of("attn_bwd_dkdv", *features, Hk != H), tma,
-                               split_kind("attn_bwd_dkdv", *features, Hk != H))
+        for part, half in dkdv_launches or dkdv_parts(
+            arch, D, DV, kind_of("attn_bwd_dkdv", *features, Hk != H), tma,
+            split_kind("attn_bwd_dkdv", *features, Hk != H),
+        )
     ]  # fmt: skip
     dq_launches = [
         Launch(
@@ -260,16 +265,23 @@ def dq_parts(arch: int, tma: bool, D: int, kind: str) -> tuple[int, ...]:
     return (1, 2) if dq_halves(arch, tma, block_dim(D), kind) else (0,)
 
 
-def dkdv_parts(arch: int, D: int, DV: int, kind: str, tma: bool = True, split: str | None = None) -> tuple[int, ...]:
-    """The dK/dV kernel's launches: one for both (``PART`` 0), or one for dV (1) and one for dK (2), each with one
-    accumulator (`attn_bwd_dkdv`): on sm_90 above head dim 128 without extra state (kind "plain") or with one
-    feature of it (``split``, `tiles.split_kind`) where the installed Triton's table keeps a tile for that feature,
-    as that makes ``wgmma`` tiles spill-free. Measured: with several features live at once (a mask and dropout, say)
-    no tile of the split compiles spill-free, and sm_80 has no ``wgmma`` to gain; there one launch stays."""
+def dkdv_parts(
+    arch: int, D: int, DV: int, kind: str, tma: bool = True, split: str | None = None
+) -> tuple[tuple[int, int], ...]:
+    """The dK/dV kernel's launches as ``(PART, HALF)`` pairs (`attn_bwd_dkdv`): one for both, ``(0, 0)``; on sm_90
+    above head dim 128, where the installed Triton's table keeps a spill-free ``wgmma`` tile for it, one for dV and
+    one for dK, ``(1, 0), (2, 0)`` (each with one accumulator), without extra state (kind "plain") or with one
+    feature of it (``split``, `tiles.split_kind`); else, with a few features live (or one whose row is empty), each
+    of those once per half of its columns, ``(1, 1), (1, 2), (2, 1), (2, 2)`` (the "tile-halves" row). With more
+    features live no tile of either is spill-free, and sm_80 has no ``wgmma`` to gain: one launch."""
     block = max(block_dim(D), block_dim(DV))
     if arch < 90 or block <= 128:
-        return (0,)
-    return (1, 2) if kind == "plain" or split_tiles(arch, tma, block, split) else (0,)
+        return ((0, 0),)
+    if kind == "plain" or (split != HALVES_KIND and split_tiles(arch, tma, block, split)):
+        return ((1, 0), (2, 0))
+    if split is not None and split_tiles(arch, tma, block, HALVES_KIND):
+        return ((1, 1), (1, 2), (2, 1), (2, 2))
+    return ((0, 0),)
 
 
 def _forward(*args) -> tuple[torch.Tensor, torch.Tensor]:

@@ -78,21 +78,44 @@ def split_kind(
     kernel: str, dtype: torch.dtype | None, mask_kind: int, dropout: bool,
     varlen: bool = False, left_edge: bool = False, grouped: bool = False,
 ) -> str | None:  # fmt: skip
-    """The finer kind of a dK/dV launch whose extra state is one feature only (``"tile-bool"`` for a bool mask tile,
-    ``"tile-additive"``, ``"tile-dropout"``, ``"tile-varlen"``, ``"tile-window"``, ``"tile-gqa"``): above head dim
-    128 on sm_90 its dV and dK launches (`ops.dkdv_parts`) have their own `SPILL_FREE` rows, where a ``wgmma`` tile
-    is spill-free with that one feature live (not with several: the "tile" kind). None for other kernels, float32,
-    and no or several features."""
+    """The finer kind of a dK/dV launch with extra state, for its split launches above head dim 128 on sm_90
+    (`ops.dkdv_parts`), each with its own `SPILL_FREE` rows: one feature live (``"tile-bool"`` for a bool mask tile,
+    ``"tile-additive"``, ``"tile-dropout"``, ``"tile-varlen"``, ``"tile-window"``, ``"tile-gqa"``), where a dV and a
+    dK launch over the whole head dim can keep a spill-free ``wgmma`` tile; or a few (`halves_take`:
+    ``"tile-halves"``), where launches over half the head dim can. None for other kernels, float32, and no or more
+    features (one launch: the "tile" kind)."""
     flags = (mask_kind == 1, mask_kind == 2, dropout, varlen, left_edge, grouped)
     live = [name for name, on in zip(SPLIT_FEATURES, flags, strict=True) if on]
-    if kernel != "attn_bwd_dkdv" or dtype == torch.float32 or len(live) != 1:
+    if kernel != "attn_bwd_dkdv" or dtype == torch.float32 or not live:
         return None
-    return f"tile-{live[0]}"
+    if len(live) == 1:
+        return f"tile-{live[0]}"
+    return HALVES_KIND if halves_take(frozenset(live)) else None
+
+
+def halves_take(live: frozenset[str]) -> bool:
+    """Whether dK/dV's half-head-dim launches stay spill-free with ``wgmma`` with these features live (`split_kind`'s
+    names): any two, except grouped heads, which go with variable length and a window only (a packed
+    sliding-window model with GQA). Measured under triton 3.6 and 3.9, 2026-11-27 (`spill_free`): under 3.9 the dK
+    half spills on the copy-engine path with grouped heads and dropout or a mask, and three features elsewhere."""
+    if "gqa" in live:
+        return live <= {"gqa", "varlen", "window"}
+    return len(live) == 2
+
+
+HALVES_KIND = "tile-halves"
+
+
+def split_row(kind: str | None, half: int) -> str | None:
+    """The row of a split dK/dV launch (``half``: its `HALF`): the halves' for a half, else a one-feature kind's."""
+    if half:
+        return HALVES_KIND
+    return None if kind == HALVES_KIND else kind
 
 
 def split_tiles(arch: int, use_tma: bool, block_d: int, kind: str | None) -> list[Tile]:
-    """The `SPILL_FREE` row of a one-feature dK/dV kind (`split_kind`): the tiles spill-free with ``wgmma`` in both
-    its dV and its dK launch; empty where none is (or no row: head dims up to 128, sm_80)."""
+    """The `SPILL_FREE` row of a split dK/dV kind (`split_kind`): the tiles spill-free with ``wgmma`` in every one
+    of its launches; empty where none is (or no row: head dims up to 128, sm_80)."""
     if kind is None:
         return []
     return list(
@@ -188,12 +211,13 @@ def prune_for(kernel: str):
             args["GROUP"] != 1,
         )
         allowed = kept_tiles(kernel, device_arch(q), bool(args["USE_TMA"]), block_d, kind)
-        if args.get("PART", 0) and kind == "tile":  # a dV or dK launch with one feature live: its own row
+        if args.get("PART", 0) and kind == "tile":  # a split launch with extra state: its own row
             one = split_kind(
                 kernel, q.dtype, args["MASK_KIND"], args["HAS_DROPOUT"], args["VARLEN"], args["HAS_LEFT"],
                 args["GROUP"] != 1,
             )  # fmt: skip
-            allowed = split_tiles(device_arch(q), bool(args["USE_TMA"]), block_d, one) or allowed
+            row = split_row(one, args.get("HALF", 0))
+            allowed = split_tiles(device_arch(q), bool(args["USE_TMA"]), block_d, row) or allowed
         return [c for c in candidates if _tile(c) in allowed] or candidates[-1:]
 
     return prune

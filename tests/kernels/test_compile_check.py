@@ -52,14 +52,17 @@ def test_covering_set_compiles_without_spills(reports):
     assert all(r["shared_bytes"] > 0 and r["spill_bytes"] == 0 for r in main)
     hopper = [r for r in main if r["arch"] == 90]
     # fp16/bf16 on sm_90: wgmma in every kernel at every head dim (above 128, dK/dV as its dV and dK launches, also
-    # with one feature of extra state live), except dK/dV above 128 with several features live, where no wgmma tile
-    # compiles spill-free (measured)
+    # with one feature of extra state live, and as their half-head-dim launches with a few), except dK/dV above 128
+    # with more features live than the halves take (`tiles.halves_take`): no wgmma tile compiles spill-free there
     state = ("mask", "dropout", "varlen", "window", "gqa")
     big_dkdv = [r for r in hopper if r["kernel"] == "bwd_dkdv" and r["head_dim"] > 128 and r["dtype"] != "float32"]
-    exception = [r for r in big_dkdv if sum(bool(r[f]) for f in state) > 1]
-    assert exception and all(r["part"] == 0 and not r["wgmma"] for r in exception)
+    exception = [r for r in big_dkdv if r["part"] == 0]  # the covering dropout + grouped-heads variant
+    assert exception and all(sum(bool(r[f]) for f in state) > 1 and not r["wgmma"] for r in exception)
     one = [r for r in big_dkdv if sum(bool(r[f]) for f in state) == 1]  # the covering bf16 bool-mask variant
-    assert one and all(r["part"] and r["wgmma"] for r in one)
+    assert one and all(r["part"] and not r["half"] and r["wgmma"] for r in one)
+    halves = [r for r in big_dkdv if r["half"]]  # the covering packed + window + grouped-heads variant
+    assert {(r["part"], r["half"]) for r in halves} == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    assert all(r["wgmma"] and sum(bool(r[f]) for f in state) == 3 for r in halves)
     assert all(r["wgmma"] for r in hopper if r["dtype"] != "float32" and r not in exception)
     split = [r for r in main if r["kernel"] == "bwd_dkdv" and r["part"]]
     assert {r["part"] for r in split} == {1, 2} and all(r["arch"] == 90 and r["head_dim"] > 128 for r in split)
@@ -168,6 +171,7 @@ def test_tile_table_follows_the_installed_triton():
         ("attn_bwd_dq", {"MASK_KIND": 2}, "tile"),
         ("attn_bwd_dkdv", {"MASK_KIND": 1, "PART": 1, "BLOCK_D": 256, "BLOCK_DV": 256}, "tile-bool"),
         ("attn_bwd_dkdv", {"MASK_KIND": 1, "HAS_DROPOUT": True, "PART": 1, "BLOCK_D": 256}, "tile"),
+        ("attn_bwd_dkdv", {"MASK_KIND": 1, "HAS_DROPOUT": True, "PART": 2, "HALF": 1, "BLOCK_D": 256}, "tile-halves"),
     ],
 )
 def test_autotuner_prune_keeps_the_tiles_of_the_launchs_kind(monkeypatch, kernel, features, kind):
@@ -181,7 +185,8 @@ def test_autotuner_prune_keeps_the_tiles_of_the_launchs_kind(monkeypatch, kernel
     candidates = [tiles.triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
                   for m, n, w, s in tiles.CONFIGS[kernel]]  # fmt: skip
     args = {"Q": torch.empty(1, dtype=torch.float16), "BLOCK_D": 128, "BLOCK_DV": 128, "MASK_KIND": 0,
-            "HAS_DROPOUT": False, "VARLEN": False, "HAS_LEFT": False, "GROUP": 1, "USE_TMA": True}  # fmt: skip
+            "HAS_DROPOUT": False, "VARLEN": False, "HAS_LEFT": False, "GROUP": 1, "USE_TMA": True,
+            "HALF": 0}  # fmt: skip
     kept = [tiles._tile(c) for c in tiles.prune_for(kernel)(candidates, {**args, **features})]
     bucket = 256 if features.get("BLOCK_D", 128) > 128 else 128
     rows = {k: tiles.SPILL_FREE[kernel].get((90, "tma", bucket, k)) for k in ("plain", "tile", kind)}
