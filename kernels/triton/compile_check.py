@@ -336,7 +336,7 @@ COVERING = [
     {"head_dim": 16, "odd": True, "tma": False},
     {"head_dim": 24, "odd": True},
     {"head_dim": 256, "dtype": "bfloat16", "mask": 1},  # dK/dV: one feature live, the split launches
-    {"head_dim": 256, "varlen": True, "window": True, "gqa": True},  # dK/dV: a few features, the halves
+    {"head_dim": 256, "mask": 2, "window": True},  # dK/dV: a few features, the halves
     {"head_dim": 256, "dropout": True, "gqa": True},  # dK/dV: more, one launch (`no_wgmma_tile`)
 ]
 

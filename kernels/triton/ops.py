@@ -279,7 +279,8 @@ def dkdv_parts(
         return ((0, 0),)
     if kind == "plain" or (split != HALVES_KIND and split_tiles(arch, tma, block, split)):
         return ((1, 0), (2, 0))
-    if split is not None and split_tiles(arch, tma, block, HALVES_KIND):
+    halvable = min(block_dim(D), block_dim(DV)) >= 32  # each half a product over >= 16 columns (tl.dot's least)
+    if split is not None and halvable and split_tiles(arch, tma, block, HALVES_KIND):
         return ((1, 1), (1, 2), (2, 1), (2, 2))
     return ((0, 0),)
 

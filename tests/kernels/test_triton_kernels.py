@@ -55,6 +55,7 @@ def test_dkdv_above_head_dim_128_is_two_launches():
         expected = HALVES if tiles.split_tiles(90, tma, 256, "tile-halves") else ONE
         assert ops.dkdv_parts(90, 256, 256, "tile", tma, "tile-halves") == expected
         assert ops.dkdv_parts(90, 192, 64, "tile", tma, "tile-halves") == expected
+        assert ops.dkdv_parts(90, 256, 16, "tile", tma, "tile-halves") == ONE  # halves of 8 columns: too narrow
     fp16, kernel = torch.float16, "attn_bwd_dkdv"
     assert tiles.split_kind(kernel, fp16, 1, False) == "tile-bool" and tiles.split_kind(kernel, fp16, 0, True) == (
         "tile-dropout"
