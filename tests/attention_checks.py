@@ -128,6 +128,23 @@ def compare_backend(
     return ours
 
 
+def compare_band(tensors: dict[str, torch.Tensor], band, dtype: torch.dtype, **kwargs: object) -> None:
+    """`compare_backend` for ``Backend.TRITON`` with a band mask (`kernels.sliding_window`, ...): ours gets the band,
+    torch and the float64 reference its bool mask. Every row must see a key (torch gives NaN for the others)."""
+    q = tensors["query"]
+    dense = {**tensors, "attn_mask": band.materialize(device=q.device)}
+    grad_out = torch.randn(*q.shape[:-1], tensors["value"].size(-1), dtype=torch.float64, device=q.device)
+
+    def with_band(query, key, value, attn_mask=None, **kw):
+        return kernels.scaled_dot_product_attention(query, key, value, attn_mask=band, **kw)
+
+    with only(Backend.TRITON):
+        ours = forward_backward(with_band, tensors, grad_out, dtype, **kwargs)
+    theirs = forward_backward(torch_sdpa, dense, grad_out, dtype, **kwargs)
+    ref = forward_backward(attention_reference, dense, grad_out, torch.float64, **kwargs)
+    assert_close_to_reference(ours, theirs, ref, dtype)
+
+
 def random_qkv(
     batch: tuple[int, ...],
     heads: int,

@@ -217,22 +217,24 @@ def attn_bwd_dkdv(
 
     if PART != 1:
         dk = (dk * sm_scale).to(DK.dtype.element_ty)
-        if HALF != 0:
-            c0 = (HALF - 1) * (BLOCK_D // 2)
-            dk_desc = _descriptor(DK + c0, S, D - c0, stride_dkn, BLOCK_N, BLOCK_D // 2, USE_TMA)
-            _store_rows(DK + c0, dk_desc, n0, stride_dkn, S, D - c0, dk, BLOCK_N, BLOCK_D // 2, USE_TMA)
-        else:
-            dk_desc = _descriptor(DK, S, D, stride_dkn, BLOCK_N, BLOCK_D, USE_TMA)
-            _store_rows(DK, dk_desc, n0, stride_dkn, S, D, dk, BLOCK_N, BLOCK_D, USE_TMA)
+        _store_columns(DK, n0, stride_dkn, S, D, dk, BLOCK_N, BLOCK_D, HALF, USE_TMA)
     if PART != 2:
         dv = dv.to(DVout.dtype.element_ty)
-        if HALF != 0:
-            c0 = (HALF - 1) * (BLOCK_DV // 2)
-            dv_desc = _descriptor(DVout + c0, S, DV - c0, stride_dvn, BLOCK_N, BLOCK_DV // 2, USE_TMA)
-            _store_rows(DVout + c0, dv_desc, n0, stride_dvn, S, DV - c0, dv, BLOCK_N, BLOCK_DV // 2, USE_TMA)
-        else:
-            dv_desc = _descriptor(DVout, S, DV, stride_dvn, BLOCK_N, BLOCK_DV, USE_TMA)
-            _store_rows(DVout, dv_desc, n0, stride_dvn, S, DV, dv, BLOCK_N, BLOCK_DV, USE_TMA)
+        _store_columns(DVout, n0, stride_dvn, S, DV, dv, BLOCK_N, BLOCK_DV, HALF, USE_TMA)
+
+
+@triton.jit
+def _store_columns(Base, r0, stride, n_rows, D, value, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                   HALF: tl.constexpr, USE_TMA: tl.constexpr):  # fmt: skip
+    """Store ``value`` to rows ``[r0, r0 + BLOCK_R)`` of a ``(n_rows, D)`` matrix: all ``BLOCK_D`` columns
+    (``HALF`` 0), or half 1 or 2 of them (``value`` then holds ``BLOCK_D // 2`` columns)."""
+    if HALF != 0:
+        c0 = (HALF - 1) * (BLOCK_D // 2)
+        desc = _descriptor(Base + c0, n_rows, D - c0, stride, BLOCK_R, BLOCK_D // 2, USE_TMA)
+        _store_rows(Base + c0, desc, r0, stride, n_rows, D - c0, value, BLOCK_R, BLOCK_D // 2, USE_TMA)
+    else:
+        desc = _descriptor(Base, n_rows, D, stride, BLOCK_R, BLOCK_D, USE_TMA)
+        _store_rows(Base, desc, r0, stride, n_rows, D, value, BLOCK_R, BLOCK_D, USE_TMA)
 
 
 @triton.jit
@@ -360,10 +362,4 @@ def attn_bwd_dq(
             BLOCK_N, BLOCK_D, BLOCK_DV,
         )  # fmt: skip
     dq = (dq * sm_scale).to(DQ.dtype.element_ty)
-    if HALF != 0:
-        c0 = (HALF - 1) * (BLOCK_D // 2)
-        dq_desc = _descriptor(DQ + c0, L, D - c0, stride_dqm, BLOCK_M, BLOCK_D // 2, USE_TMA)
-        _store_rows(DQ + c0, dq_desc, m0, stride_dqm, L, D - c0, dq, BLOCK_M, BLOCK_D // 2, USE_TMA)
-    else:
-        dq_desc = _descriptor(DQ, L, D, stride_dqm, BLOCK_M, BLOCK_D, USE_TMA)
-        _store_rows(DQ, dq_desc, m0, stride_dqm, L, D, dq, BLOCK_M, BLOCK_D, USE_TMA)
+    _store_columns(DQ, m0, stride_dqm, L, D, dq, BLOCK_M, BLOCK_D, HALF, USE_TMA)

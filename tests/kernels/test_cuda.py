@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_checks import compare_backend, random_qkv
+from attention_checks import compare_backend, compare_band, random_qkv
 
 import kernels
 from kernels import Backend, sliding_window
@@ -45,14 +45,16 @@ def test_masks_gqa_and_odd_lengths(dtype):
 @pytest.mark.parametrize("head_dim", [256])  # one head dim: each new variant costs compiles of the GPU check's budget
 def test_head_dims_above_128_in_split_launches(head_dim):
     """Above 128 the backward runs dK/dV as a dV and a dK launch on sm_90, also with one feature of extra state
-    (a bool mask alone: `tiles.split_kind`), and (triton 3.6, with a mask) dQ in head-dim halves: each against
-    float64, causal, with a bool mask, and with a bool mask and grouped heads (one dK/dV launch)."""
+    (a bool mask alone: `tiles.split_kind`), each of those over half the head dim at a time with a few features
+    (grouped heads and a window, a Gemma-2-like layer: `tiles.halves_take`), and (triton 3.6, with a mask) dQ in
+    head-dim halves: each against float64 and torch (which gets the window as a bool mask)."""
     tensors = _cuda(random_qkv((2,), 4, 333, 517, head_dim))
     compare_backend(Backend.TRITON, tensors, torch.float16, is_causal=True)
     keep = torch.rand(2, 1, 333, 517, device="cuda") > 0.2
     compare_backend(Backend.TRITON, {**tensors, "attn_mask": keep}, torch.float16)
     grouped = _cuda(random_qkv((2,), 4, 333, 517, head_dim, kv_heads=2))
-    compare_backend(Backend.TRITON, {**grouped, "attn_mask": keep}, torch.bfloat16, enable_gqa=True)
+    band = sliding_window(333, 517, 100, 0, lower_right=True)  # every row sees keys (L < S, bottom-right)
+    compare_band(grouped, band, torch.bfloat16, enable_gqa=True)
 
 
 @pytest.mark.parametrize("L,S", [(300, 700), (700, 300)])

@@ -107,6 +107,22 @@ def test_one_feature_above_head_dim_128_runs_the_split_and_equals_the_reference(
     assert parts == [SPLIT]
 
 
+def test_a_few_features_above_head_dim_128_run_the_halves_and_equal_the_reference(monkeypatch):
+    """Grouped heads with a sliding window at head dim 256 (fp16): the table sends dK/dV to its four half-head-dim
+    launches (`tiles.halves_take`), and forward and every gradient stay within 2x torch's error of float64."""
+    from attention_checks import compare_band
+
+    from kernels.triton import ops
+
+    _skip_without_triton()
+    parts = []
+    real = ops.dkdv_parts
+    monkeypatch.setattr(ops, "dkdv_parts", lambda *args: parts.append(real(*args)) or parts[-1])
+    band = kernels.sliding_window(33, 51, 10, 0, lower_right=True)  # every row sees keys
+    compare_band(random_qkv((2,), 4, 33, 51, 256, kv_heads=2), band, torch.float16, enable_gqa=True)
+    assert parts == [HALVES]
+
+
 @pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "pointers"])
 @pytest.mark.parametrize("case", ["mask+gqa+dropout", "varlen+window+dropout"])
 @pytest.mark.parametrize("dkdv", [SPLIT, HALVES], ids=["dv+dk", "dv+dk-halves"])
