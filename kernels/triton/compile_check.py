@@ -130,10 +130,9 @@ def _example_launch(v: Variant):
         return ops.forward_launch(q, k, v_, mask, seed, *options, tma=tma)[0]
     out, lse = ops.forward_launch(q, k, v_, mask, seed, *options, tma=tma)[1:]
     grad = torch.randn(out.shape, generator=gen).to(dtype)
-    parts = ((v.part, v.half),) if v.kernel == "bwd_dkdv" else None  # the variant's launch, table or not
-    launches = ops.backward_launches(
-        grad, q, k, v_, mask, seed, out, lse, *options, tma=tma, arch=v.arch, dkdv_launches=parts
-    )[0]
+    parts = {"attn_bwd_dkdv": ((v.part, v.half),), "attn_bwd_dq": (v.half,)}  # the variant's launch, table or not
+    launches, *_ = ops.backward_launches(grad, q, k, v_, mask, seed, out, lse, *options, tma=tma, arch=v.arch,
+                                         parts=parts)  # fmt: skip
     return next(
         launch for launch in launches
         if launch.kernel == KERNEL_NAMES[v.kernel]
@@ -336,7 +335,7 @@ COVERING = [
     {"head_dim": 16, "odd": True, "tma": False},
     {"head_dim": 24, "odd": True},
     {"head_dim": 256, "dtype": "bfloat16", "mask": 1},  # dK/dV: one feature live, the split launches
-    {"head_dim": 256, "mask": 2, "window": True},  # dK/dV: a few features, the halves
+    {"head_dim": 256, "varlen": True, "window": True, "gqa": True},  # dK/dV: a few features, the halves
     {"head_dim": 256, "dropout": True, "gqa": True},  # dK/dV: more, one launch (`no_wgmma_tile`)
 ]
 

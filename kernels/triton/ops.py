@@ -206,13 +206,14 @@ def forward_launch(q, k, v, mask, seed, dropout_p, scale, left, right, lower_rig
 
 def backward_launches(
     grad_out, q, k, v, mask, seed, out, lse, dropout_p, scale, left, right, lower_right, allow_tf32, layout, tma=None,
-    arch=None, dkdv_launches=None,
+    arch=None, parts=None,
 ):  # fmt: skip
     """The backward's launches (preprocess, dK/dV, dQ; dK/dV and dQ each in parts where `dkdv_parts` and
     `dq_parts` say) and the gradients they fill ``(launches, dq, dk, dv)``. ``arch``: the compute capability
-    compiled for (default: the device's; 90 for CPU tensors, as the autotuner's prune assumes); ``dkdv_launches``:
-    the dK/dV ``(PART, HALF)`` launches to build instead of `dkdv_parts`' (the compile check measures tiles for
-    launches the table does not choose yet)."""
+    compiled for (default: the device's; 90 for CPU tensors, as the autotuner's prune assumes); ``parts``: per
+    kernel name, the launches to build instead of `dkdv_parts`' ``(PART, HALF)`` pairs or `dq_parts`' halves (the
+    compile check measures tiles for launches the table does not choose yet)."""
+    parts = parts or {}
     grad_out, q, k, v, out = (contiguous_last(t) for t in (grad_out, q, k, v, out))
     D, DV = q.size(-1), v.size(-1)
     H, Hk = layout.heads, layout.kv_heads
@@ -243,7 +244,7 @@ def backward_launches(
              *layout.strides(dv), *scalars),
             {**consts, "PART": part, "HALF": half},
         )
-        for part, half in dkdv_launches or dkdv_parts(
+        for part, half in parts.get("attn_bwd_dkdv") or dkdv_parts(
             arch, D, DV, kind_of("attn_bwd_dkdv", *features, Hk != H), tma,
             split_kind("attn_bwd_dkdv", *features, Hk != H),
         )
@@ -254,7 +255,7 @@ def backward_launches(
             (q, k, v, mask_t, grad_out, lse, delta, dq, seed, *offsets, *common, *layout.strides(dq), *scalars),
             {**consts, "HALF": half},
         )
-        for half in dq_parts(arch, tma, D, kind_of("attn_bwd_dq", *features))
+        for half in parts.get("attn_bwd_dq") or dq_parts(arch, tma, D, kind_of("attn_bwd_dq", *features))
     ]  # fmt: skip
     return [pre, *dkdv, *dq_launches], dq, dk, dv
 

@@ -25,11 +25,10 @@ kernels.compile_check --measure-tiles`` (which compiles exactly what the JIT com
   in one of the compile check's covering variants under 3.6 (register allocation is not monotone in the features:
   the forward at head dim 64 with variable length, causal and dropout spills at 64x64 although the same with a window
   and grouped heads added does not): forward (90, tma, 64, tile), dQ (80, ptr, 64, plain) and (90, tma, 64, tile).
-  **Known stale row**, found late on 2026-11-27 and not yet re-measured: dQ (80, ptr, 256, tile) keeps 16x32 and
-  16x16, but under 3.6 16x32 spills 8-12 bytes with variable length and causal dropout, or variable length with a
-  window and grouped heads, and 16x16 spills 4 bytes with dropout and grouped heads (32x16, 32x32 and 64x16 spill
-  too in some of these); no tile tried passes them all. The compile check's covering variants do not include these
-  states at head dim 256 on sm_80.
+  Later the same night dQ (80, ptr, 256, tile) was found stale under 3.6: its 16x32 tile spilled 8-12 bytes with
+  variable length and causal dropout, or variable length with a window and grouped heads, and 16x16 spilled 4 with
+  dropout and grouped heads (no whole-head-dim tile of five tried passed all); that row now runs dQ in halves too
+  (`DQ_HALVES_36`, below).
 
 Re-measured the same day for the launches that run in parts (``--kernel``/``--head-dim-bucket``/``--kind``): dK/dV's
 (90, *, 256, plain) rows hold the tiles spill-free in both its dV and its dK launch (`ops.dkdv_parts`), under both
@@ -296,7 +295,7 @@ BOTH_36_39: Table = {
         (80, 'ptr', 256, 'fp32'): [(32, 32, 4, 1), (32, 16, 4, 1), (16, 32, 8, 1)],
         (80, 'ptr', 256, 'fp32-tile'): [(16, 32, 8, 1)],
         (80, 'ptr', 256, 'plain'): [(64, 32, 8, 2), (64, 16, 4, 2), (32, 32, 4, 1)],
-        (80, 'ptr', 256, 'tile'): [(16, 32, 8, 1), (16, 16, 8, 1)],  # spills under 3.6 in some states (module)
+        (80, 'ptr', 256, 'tile'): [(32, 32, 4, 1), (32, 16, 4, 1)],  # dQ in halves (DQ_HALVES_36)
         (90, 'ptr', 64, 'fp32'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
         (90, 'ptr', 64, 'fp32-tile'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
         (90, 'ptr', 64, 'plain'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
@@ -327,9 +326,13 @@ BOTH_36_39: Table = {
 
 # Rows where dQ runs as two half-head-dim launches (`tiles.dq_halves`): under triton 3.6 no tile of the whole head
 # dim 256 compiles spill-free with wgmma when more state is live (16-32-row tiles: mma.sync); with half the
-# accumulator, 128x16 does (measured 2026-11-27: 227-238 registers, no spill, in every "tile" combination). Their
-# rows in `BOTH_36_39` hold the tiles measured for the halves.
-DQ_HALVES_36: set[tuple[int, str, int, str]] = {(90, "tma", 256, "tile")}
+# accumulator, 128x16 does (measured 2026-11-27: 227-238 registers, no spill, in every "tile" combination). On sm_80
+# (mma.sync either way) no whole-head-dim tile is spill-free in every "tile" state under 3.6 (module docstring);
+# the halves' 32x32 and 32x16 are, in those states and the "tile" combinations (both halves), and their loop profile
+# per MFLOP of dQ's work is no worse than the spilling 16x32's (1,851 against 1,974 with variable length, a window
+# and grouped heads; 4,857 against 4,944 with a mask, dropout, causal). Their rows in `BOTH_36_39` hold the tiles
+# measured for the halves.
+DQ_HALVES_36: set[tuple[int, str, int, str]] = {(90, "tma", 256, "tile"), (80, "ptr", 256, "tile")}
 
 
 def dq_halves_for(version: str) -> set[tuple[int, str, int, str]]:

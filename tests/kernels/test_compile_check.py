@@ -60,9 +60,9 @@ def test_covering_set_compiles_without_spills(reports):
     assert exception and all(sum(bool(r[f]) for f in state) > 1 and not r["wgmma"] for r in exception)
     one = [r for r in big_dkdv if sum(bool(r[f]) for f in state) == 1]  # the covering bf16 bool-mask variant
     assert one and all(r["part"] and not r["half"] and r["wgmma"] for r in one)
-    halves = [r for r in big_dkdv if r["half"]]  # the covering additive mask + window variant
+    halves = [r for r in big_dkdv if r["half"]]  # the covering packed + window + grouped-heads variant
     assert {(r["part"], r["half"]) for r in halves} == {(1, 1), (1, 2), (2, 1), (2, 2)}
-    assert all(r["wgmma"] and sum(bool(r[f]) for f in state) == 2 for r in halves)
+    assert all(r["wgmma"] and sum(bool(r[f]) for f in state) == 3 for r in halves)
     assert all(r["wgmma"] for r in hopper if r["dtype"] != "float32" and r not in exception)
     split = [r for r in main if r["kernel"] == "bwd_dkdv" and r["part"]]
     assert {r["part"] for r in split} == {1, 2} and all(r["arch"] == 90 and r["head_dim"] > 128 for r in split)

@@ -83,14 +83,14 @@ def test_dkdv_above_head_dim_128_is_two_launches():
         several = HALVES if tiles.split_tiles(90, True, 256, "tile-halves") else ONE  # an empty row: the halves
         expected = SPLIT if tiles.split_tiles(90, True, 256, kind) else several
         assert ops.dkdv_parts(90, 256, 256, "tile", True, kind) == expected, kind
-    # dQ in halves only where the installed triton's table says so: sm_90, descriptors, head dim 256, more state
+    # dQ in halves only where the installed triton's table says so: head dim 256 with more state, under 3.6
     import triton
 
     from kernels.triton import spill_free
 
     halves = (1, 2) if spill_free.for_version(triton.__version__) is not spill_free.TRITON_39 else (0,)
-    assert ops.dq_parts(90, True, 256, "tile") == halves
-    assert ops.dq_parts(90, True, 256, "plain") == ops.dq_parts(80, False, 256, "tile") == (0,)
+    assert ops.dq_parts(90, True, 256, "tile") == ops.dq_parts(80, False, 256, "tile") == halves
+    assert ops.dq_parts(90, True, 256, "plain") == ops.dq_parts(80, False, 128, "tile") == (0,)
 
 
 def test_one_feature_above_head_dim_128_runs_the_split_and_equals_the_reference(monkeypatch):
