@@ -386,8 +386,8 @@ MEASURED_KINDS = {
     "tile-varlen": [{"varlen": True}, {"varlen": True, "causal": True}],
     "tile-window": [{"window": True}],
     "tile-gqa": [{"gqa": True}, {"gqa": True, "causal": True}],
-    # a few features live (`tiles.halves_take`): dV's and dK's launches over half the head dim; each pair, the
-    # triple, and the one features whose own row is empty under some version (they run these launches there)
+    # a few features live (`tiles.halves_take`): dV's and dK's launches over half the head dim; every pair and the
+    # triple it takes, and the one features whose own row is empty under some version (they run these launches)
     "tile-halves": [
         {"mask": 1, "dropout": True, "causal": True},
         {"mask": 2, "dropout": True},

@@ -97,7 +97,9 @@ def halves_take(live: frozenset[str]) -> bool:
     """Whether dK/dV's half-head-dim launches stay spill-free with ``wgmma`` with these features live (`split_kind`'s
     names): any two, except grouped heads, which go with variable length and a window only (a packed
     sliding-window model with GQA). Measured under triton 3.6 and 3.9, 2026-11-27 (`spill_free`): under 3.9 the dK
-    half spills on the copy-engine path with grouped heads and dropout or a mask, and three features elsewhere."""
+    half spills on the copy-engine path with grouped heads and dropout or a mask; of the combinations of three or
+    more only that packed sliding-window one was measured spill-free (mask, window and grouped heads spilled, and
+    both with four), so the others stay one launch untried."""
     if "gqa" in live:
         return live <= {"gqa", "varlen", "window"}
     return len(live) == 2
