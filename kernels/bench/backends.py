@@ -15,6 +15,8 @@ benchmark over passes, dtypes, head dims and lengths: `kernels.bench.sweep`):
   length (default L = 4096 on CPU), on ``TORCH`` (chunked) and ``TRITON`` (blocks outside the window skipped).
 - ``--tiles KERNEL``: one fused kernel with each tile of its autotune list forced, against the autotuner's choice
   (`kernels.bench.tile_ab`; a GPU measurement).
+- ``--halves W``: dK/dV above head dim 128 with grouped heads and a causal window of ``W`` keys, in the half-head-dim
+  launches the spill table chooses against one launch (`kernels.bench.halves_ab`; a GPU measurement).
 
 On a machine without a GPU the default sizes are scaled down and the dtype is float32. A variant that
 cannot serve the input is listed with its reason instead of a time. Variants are timed in interleaved rounds
@@ -55,6 +57,7 @@ from .common import (
     timed_step,
     torch_refusal,
 )
+from .halves_ab import halves_cases
 from .tile_ab import KERNELS, tile_cases
 from .timing import bar_chart, median_seconds
 
@@ -184,8 +187,8 @@ def run(args: argparse.Namespace) -> list[Result]:
     """Time every case of the chosen experiment in interleaved rounds; results with ratios filled in."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     experiment = nested_cases if args.nested else window_cases if args.window else dense_cases
-    if args.tiles:
-        experiment = tile_cases
+    if args.tiles or args.halves:
+        experiment = tile_cases if args.tiles else halves_cases
     cases, work = experiment(args, device, dtype)
     results, runnable = {}, []
     for case in cases:
@@ -229,11 +232,13 @@ def title(args: argparse.Namespace) -> str:
         what = f"causal, window {args.window} vs full (TFLOP/s: the full causal work per time)"
     if args.tiles:
         what = f"dense batch, {args.tiles} with each tile forced"
+    if args.halves:
+        what = f"grouped heads (2 per key head), causal window {args.halves}, dK/dV in halves or one launch"
     step = "forward + backward" if args.train else "forward"
     return (
         f"SDPA on {args.device}, {args.dtype}, {what}: batch {args.batch}, heads {args.heads}, "
         f"{'max ' if args.nested else ''}length {args.seq_len}, head dim {args.head_dim}, "
-        f"{'' if args.window else f'causal={args.causal}, '}{step}"
+        f"{'' if args.window or args.halves else f'causal={args.causal}, '}{step}"
     )
 
 
@@ -273,6 +278,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--window", type=int, help="the window experiment: causal window of this many keys vs full")
     parser.add_argument("--tiles", choices=KERNELS, help="the tile experiment: this kernel with each tile forced")
     parser.add_argument("--max-tiles", type=int, default=4, help="--tiles: the first N tiles of the kernel's list")
+    parser.add_argument(
+        "--halves", type=int, help="the halves experiment: dK/dV in halves vs one launch, causal window of this many"
+    )
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median and spread)")
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("bench-results"))
@@ -285,7 +293,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.train is None:  # the tutorial times inference; nested batches matter most in training
-        args.train = args.nested or (args.tiles or "").startswith("attn_bwd")
+        args.train = args.nested or (args.tiles or "").startswith("attn_bwd") or bool(args.halves)
+    if args.halves and (args.head_dim <= 128 or not args.train):
+        parser.error(f"--halves times a backward above head dim 128: pass --head-dim 256 (got {args.head_dim})"
+                     + ("" if args.train else " and no --no-train"))  # fmt: skip
     return args
 
 
@@ -300,7 +311,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     table = format_table(results, args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = "sdpa_nested" if args.nested else f"sdpa_window{args.window}" if args.window else "sdpa_backends"
-    stem = f"tiles_{args.tiles}" if args.tiles else stem
+    stem = f"tiles_{args.tiles}" if args.tiles else f"dkdv_halves_window{args.halves}" if args.halves else stem
     json_path, png_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.png"
     config = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()}
     payload = {

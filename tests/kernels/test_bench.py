@@ -74,6 +74,32 @@ def test_tile_experiment_forces_each_tile_and_says_which_the_prune_keeps(tmp_pat
     assert tiles._forced == {}  # every forced tile released
 
 
+def test_halves_experiment_times_the_tables_launches_against_one(tmp_path, capsys, monkeypatch):
+    """``--halves W``: grouped heads and a causal window at head dim 256 (fp16), dK/dV as the spill table chooses
+    (its half-head-dim launches on sm_90, which the interpreter's example assumes) against one forced launch, and
+    TORCH; the forced launch is released afterwards. A head dim of 128 or less is refused with the fix."""
+    from kernels.triton import ops
+
+    chosen, seen = ops.dkdv_parts, []
+    monkeypatch.setattr(ops, "dkdv_parts", lambda *args: seen.append(chosen(*args)) or seen[-1])
+    spy = ops.dkdv_parts
+    argv = "--halves 8 --device cpu --dtype float16 --batch 1 --heads 2 --seq-len 24 --head-dim 256".split()
+    results = bench.main([*argv, "--min-run-time", "0.01", "--rounds", "1", "--out-dir", str(tmp_path)])
+    assert [r.name for r in results] == [
+        "TRITON, dK/dV as the table chooses", "TRITON, dK/dV in one launch (forced)", "TORCH, window (chunked)"
+    ]  # fmt: skip
+    assert results[2].ms > 0 and ops.dkdv_parts is spy  # the forced launch put the table's choice back
+    if results[0].ms is not None:  # timed under the interpreter (else skipped with its reason)
+        assert ((1, 1), (1, 2), (2, 1), (2, 2)) in seen  # the table's choice: the halves
+    data = json.loads((tmp_path / "dkdv_halves_window8.json").read_text())
+    assert data["config"]["train"] is True and "causal window 8" in capsys.readouterr().out
+    from kernels.bench.backends import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--halves", "8", "--head-dim", "128"])
+    assert "pass --head-dim 256 (got 128)" in capsys.readouterr().err
+
+
 def test_padded_lengths_about_half_padding():
     lengths = bench.padded_lengths(16, 256, torch.Generator().manual_seed(0))
     assert lengths[0] == 256 and min(lengths) >= 1 and sorted(lengths) == sorted(set(lengths))
