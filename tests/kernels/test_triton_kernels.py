@@ -129,7 +129,7 @@ def test_a_few_features_above_head_dim_128_run_the_halves_and_equal_the_referenc
 def test_backward_in_two_launches_equals_one(case, descriptors, dkdv, monkeypatch):
     """The split backward (dK/dV as a dV and a dK launch, or each of those once per half of its columns, as the
     "tile-halves" row turns on with a few features live; dQ as one launch per half of the head dim, which
-    `tiles.dq_halves` turns on for one sm_90 row under triton 3.6; all forced here) gives exactly what the
+    `tiles.dq_halves` turns on at head dim 256 with more state under triton 3.6; all forced here) gives what the
     one-launch kernels give for the same inputs (the halves to within a rounding), with every feature whose state
     the launches must agree on: a mask, grouped heads, the dropout keep mask regenerated in each, a window, packed
     sequences; value head dim != key head dim, and head dims (160 and 72 for keys and values) whose second halves
