@@ -27,6 +27,8 @@ from .common import (
     _col_bounds,
     _descriptor,
     _find_sequence,
+    _half_descriptor,
+    _load_half,
     _load_rows,
     _mask_tile,
     _row_bounds,
@@ -82,9 +84,7 @@ def _dkdv_block(
         x = _mask_tile(x, tile, qk_scale, MASK_KIND)
     p = tl.math.exp2(x * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M); 0 where masked
     if PART == 1 and HALF != 0:  # dV's half only needs dO's half
-        c0 = (HALF - 1) * (BLOCK_DV // 2)
-        do = _load_rows(DO + c0, do_desc, start_m, stride_dom, L, DV - c0, BLOCK_M, BLOCK_DV // 2, USE_TMA, MASKED,
-                        EVEN_D)  # fmt: skip
+        do = _load_half(DO, do_desc, start_m, stride_dom, L, DV, BLOCK_M, BLOCK_DV, HALF, USE_TMA, MASKED, EVEN_D)
     else:
         do = _load_rows(DO, do_desc, start_m, stride_dom, L, DV, BLOCK_M, BLOCK_DV, USE_TMA, MASKED, EVEN_D)
     if PART != 1:
@@ -102,9 +102,7 @@ def _dkdv_block(
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[None, :])
         if HALF != 0:  # dK[:, half] = dS^T Q[:, half]: this query block's columns of the half
-            c0 = (HALF - 1) * (BLOCK_D // 2)
-            qh = _load_rows(Q + c0, qh_desc, start_m, stride_qm, L, D - c0, BLOCK_M, BLOCK_D // 2, USE_TMA, MASKED,
-                            EVEN_D)  # fmt: skip
+            qh = _load_half(Q, qh_desc, start_m, stride_qm, L, D, BLOCK_M, BLOCK_D, HALF, USE_TMA, MASKED, EVEN_D)
             dk = tl.dot(ds.to(q.dtype), qh, dk, input_precision=PRECISION)
         else:
             dk = tl.dot(ds.to(q.dtype), q, dk, input_precision=PRECISION)
@@ -181,13 +179,11 @@ def attn_bwd_dkdv(
         q_desc = _descriptor(Qh, L, D, stride_qm, BLOCK_M, BLOCK_D, USE_TMA)
         qh_desc = q_desc  # unused without halves
         if PART == 1 and HALF != 0:  # dV's half reads dO's half
-            c0 = (HALF - 1) * (BLOCK_DV // 2)
-            do_desc = _descriptor(DOh + c0, L, DV - c0, stride_dom, BLOCK_M, BLOCK_DV // 2, USE_TMA)
+            do_desc = _half_descriptor(DOh, L, DV, stride_dom, BLOCK_M, BLOCK_DV, HALF, USE_TMA)
         else:
             do_desc = _descriptor(DOh, L, DV, stride_dom, BLOCK_M, BLOCK_DV, USE_TMA)
             if HALF != 0:  # dK's half reads Q's half too
-                c0 = (HALF - 1) * (BLOCK_D // 2)
-                qh_desc = _descriptor(Qh + c0, L, D - c0, stride_qm, BLOCK_M, BLOCK_D // 2, USE_TMA)
+                qh_desc = _half_descriptor(Qh, L, D, stride_qm, BLOCK_M, BLOCK_D, HALF, USE_TMA)
         mask_cols = Qh  # unused without a mask
         if MASK_KIND != 0:  # columns clamped: the junk columns of the last key block read in bounds
             mask_cols = Mask + b64 * stride_mb + h * stride_mh + tl.minimum(cols, S - 1)[:, None] * stride_mn
@@ -230,7 +226,7 @@ def _store_columns(Base, r0, stride, n_rows, D, value, BLOCK_R: tl.constexpr, BL
     (``HALF`` 0), or half 1 or 2 of them (``value`` then holds ``BLOCK_D // 2`` columns)."""
     if HALF != 0:
         c0 = (HALF - 1) * (BLOCK_D // 2)
-        desc = _descriptor(Base + c0, n_rows, D - c0, stride, BLOCK_R, BLOCK_D // 2, USE_TMA)
+        desc = _half_descriptor(Base, n_rows, D, stride, BLOCK_R, BLOCK_D, HALF, USE_TMA)
         _store_rows(Base + c0, desc, r0, stride, n_rows, D - c0, value, BLOCK_R, BLOCK_D // 2, USE_TMA)
     else:
         desc = _descriptor(Base, n_rows, D, stride, BLOCK_R, BLOCK_D, USE_TMA)
@@ -262,8 +258,7 @@ def _dq_block(
         dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
     ds = p * (dp - delta[:, None])
     if HALF != 0:  # dQ[:, half] = dS K[:, half]: the key block's columns of this half
-        c0 = (HALF - 1) * (BLOCK_D // 2)
-        kh = _load_rows(K + c0, kh_desc, start_n, stride_kn, S, D - c0, BLOCK_N, BLOCK_D // 2, USE_TMA, MASKED, EVEN_D)
+        kh = _load_half(K, kh_desc, start_n, stride_kn, S, D, BLOCK_N, BLOCK_D, HALF, USE_TMA, MASKED, EVEN_D)
         dq = tl.dot(ds.to(k.dtype), kh, dq, input_precision=PRECISION)
     else:
         dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=PRECISION)
@@ -330,8 +325,7 @@ def attn_bwd_dq(
     seed = tl.load(Seed) if HAS_DROPOUT else 0
     drop_base = (b * H + h).to(tl.int64) << 32
     if HALF != 0:
-        c0 = (HALF - 1) * (BLOCK_D // 2)
-        kh_desc = _descriptor(K + c0, S, D - c0, stride_kn, BLOCK_N, BLOCK_D // 2, USE_TMA)
+        kh_desc = _half_descriptor(K, S, D, stride_kn, BLOCK_N, BLOCK_D, HALF, USE_TMA)
         dq = tl.zeros([BLOCK_M, BLOCK_D // 2], tl.float32)
     else:
         kh_desc = k_desc

@@ -156,6 +156,22 @@ def _descriptor(Base, n_rows, D, stride, BLOCK_R: tl.constexpr, BLOCK_D: tl.cons
         return Base
 
 
+@triton.jit
+def _half_descriptor(Base, n_rows, D, stride, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, HALF: tl.constexpr,
+                     USE_TMA: tl.constexpr):  # fmt: skip
+    """`_descriptor` over half ``HALF`` (1 or 2) of the ``BLOCK_D`` padded columns of a ``(n_rows, D)`` matrix."""
+    c0 = (HALF - 1) * (BLOCK_D // 2)
+    return _descriptor(Base + c0, n_rows, D - c0, stride, BLOCK_R, BLOCK_D // 2, USE_TMA)
+
+
+@triton.jit
+def _load_half(Base, desc, r0, stride, n_rows, D, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, HALF: tl.constexpr,
+               USE_TMA: tl.constexpr, BOUNDED: tl.constexpr, EVEN_D: tl.constexpr):  # fmt: skip
+    """`_load_rows` of half ``HALF`` of the columns (``desc``: its `_half_descriptor`): ``(BLOCK_R, BLOCK_D // 2)``."""
+    c0 = (HALF - 1) * (BLOCK_D // 2)
+    return _load_rows(Base + c0, desc, r0, stride, n_rows, D - c0, BLOCK_R, BLOCK_D // 2, USE_TMA, BOUNDED, EVEN_D)
+
+
 def grid_blocks(tokens: int, batch: int, block: int, varlen: bool, length: int) -> int:
     """Programs along the row axis: ``cdiv(length, block)`` dense; ``cdiv(tokens, block) + batch`` packed
     (`_find_sequence`)."""

@@ -72,6 +72,7 @@ def kind_of(
 
 
 SPLIT_FEATURES = ("bool", "additive", "dropout", "varlen", "window", "gqa")  # a bool or additive mask tile, ...
+HALVES_KIND = "tile-halves"  # the row of dK/dV's half-head-dim launches (`split_kind`)
 
 
 def split_kind(
@@ -103,9 +104,6 @@ def halves_take(live: frozenset[str]) -> bool:
     if "gqa" in live:
         return live <= {"gqa", "varlen", "window"}
     return len(live) == 2
-
-
-HALVES_KIND = "tile-halves"
 
 
 def split_row(kind: str | None, half: int) -> str | None:
