@@ -162,7 +162,7 @@ def with_parts(v: Variant) -> list[Variant]:
     import torch
 
     from .ops import dkdv_parts, dq_parts
-    from .tiles import kind_of, split_kind
+    from .tiles import halves_on_pointers, kind_of, split_kind
 
     if v.kernel not in ("bwd_dkdv", "bwd_dq"):
         return [v]
@@ -170,8 +170,11 @@ def with_parts(v: Variant) -> list[Variant]:
     kind = kind_of(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
     if v.kernel == "bwd_dkdv":
         split = split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
-        parts = dkdv_parts(v.arch, v.head_dim, v.head_dim, kind, v.path == "tma", split)
-        return [dataclasses.replace(v, part=part, half=half) for part, half in parts]
+        pointers = halves_on_pointers(v.mask, v.dropout, v.varlen, v.window, v.gqa)
+        parts = dkdv_parts(v.arch, v.head_dim, v.head_dim, kind, v.path == "tma", split, pointers)
+        # the halves' launches on the pointer path where `halves_on_pointers` puts them, as `backward_launches` does
+        return [dataclasses.replace(v, part=part, half=half, tma=v.tma and not (half and pointers))
+                for part, half in parts]  # fmt: skip
     return [dataclasses.replace(v, half=half) for half in dq_parts(v.arch, v.path == "tma", v.head_dim, kind)]
 
 
@@ -285,11 +288,10 @@ def compile_variant(v: Variant) -> dict:
 
 
 def no_wgmma_tile(v: Variant) -> bool:
-    """The measured exception to ``wgmma`` on sm_90: dK/dV above head dim 128 where `ops.dkdv_parts` keeps one launch
-    (more features of extra state live at once than its half-head-dim launches take, `tiles.halves_take`: dropout
-    with grouped heads, say, or a mask with dropout and a window: no tile of the one launch, the split or the halves
-    compiles spill-free with that state, 2026-11-27, triton 3.6 and 3.9)."""
-    return (v.kernel == "bwd_dkdv" and v.head_dim > 128 and v.part == 0) or v.kernel == "decode"
+    """The exception to ``wgmma`` on sm_90: the decode kernel, whose 16-row tile (`DECODE_TILE`) is below
+    ``wgmma``'s 64 rows. (dK/dV above head dim 128 with several features of extra state was one until 2026-11-28:
+    its half-head-dim launches now take every combination a call makes, `tiles.halves_take`.)"""
+    return v.kernel == "decode"
 
 
 # The decode kernel's launch fixes its tile: the rows of one key/value head's new queries (at least 16, `tl.dot`'s
@@ -327,7 +329,8 @@ COVERING = [
     {"head_dim": 64},
     {"causal": True},
     {"mask": 1, "dropout": True, "causal": True},
-    {"mask": 2, "window": True},
+    {"mask": 2, "dropout": True},  # (a mask tensor never comes with a window: the window is the mask)
+    {"window": True, "dropout": True},
     {"dtype": "bfloat16", "head_dim": 192, "causal": True},
     {"dtype": "float32", "head_dim": 80, "gqa": True},
     {"varlen": True, "causal": True, "dropout": True, "head_dim": 64},
@@ -335,8 +338,8 @@ COVERING = [
     {"head_dim": 16, "odd": True, "tma": False},
     {"head_dim": 24, "odd": True},
     {"head_dim": 256, "dtype": "bfloat16", "mask": 1},  # dK/dV: one feature live, the split launches
-    {"head_dim": 256, "varlen": True, "window": True, "gqa": True},  # dK/dV: a few features, the halves
-    {"head_dim": 256, "dropout": True, "gqa": True},  # dK/dV: more, one launch (`no_wgmma_tile`)
+    {"head_dim": 256, "varlen": True, "window": True, "gqa": True},  # dK/dV: several features, the halves
+    {"head_dim": 256, "dropout": True, "gqa": True},  # dK/dV: the halves on pointers (`tiles.halves_on_pointers`)
 ]
 
 
@@ -386,22 +389,31 @@ MEASURED_KINDS = {
     "tile-varlen": [{"varlen": True}, {"varlen": True, "causal": True}],
     "tile-window": [{"window": True}],
     "tile-gqa": [{"gqa": True}, {"gqa": True, "causal": True}],
-    # a few features live (`tiles.halves_take`): dV's and dK's launches over half the head dim; every pair and the
-    # triple it takes, and the one features whose own row is empty under some version (they run these launches)
+    # several features live (`tiles.halves_take`): dV's and dK's launches over half the head dim; every pair and
+    # the triples calls make (no mask with a window or variable length), and the one features whose own row is
+    # empty under some version (they run these launches); those with grouped heads and a mask or dropout on the
+    # pointer path only (`tiles.halves_on_pointers`)
     "tile-halves": [
         {"mask": 1, "dropout": True, "causal": True},
         {"mask": 2, "dropout": True},
-        {"mask": 1, "window": True},
-        {"mask": 2, "window": True},
         {"varlen": True, "dropout": True, "causal": True},
         {"varlen": True, "window": True},
         {"varlen": True, "gqa": True, "causal": True},
         {"dropout": True, "window": True},
         {"window": True, "gqa": True},
         {"varlen": True, "window": True, "gqa": True, "causal": True},
+        {"varlen": True, "dropout": True, "window": True, "causal": True},
         {"gqa": True, "causal": True},
         {"dropout": True, "causal": True},
         {"mask": 2},
+        {"mask": 1, "gqa": True},
+        {"mask": 2, "gqa": True, "causal": True},
+        {"dropout": True, "gqa": True, "causal": True},
+        {"mask": 1, "dropout": True, "gqa": True},
+        {"mask": 2, "dropout": True, "gqa": True},
+        {"dropout": True, "window": True, "gqa": True},
+        {"varlen": True, "dropout": True, "gqa": True},
+        {"varlen": True, "dropout": True, "window": True, "gqa": True},
     ],
 }
 
@@ -413,7 +425,7 @@ def measure_tiles(
     """Compile every tile of every kernel for each (arch, path, head-dim bucket, kind) in each of the kind's
     feature combinations (`MEASURED_KINDS`); per row, the first ``keep`` tiles (in CONFIGS order) that pass all.
     ``kernels``, ``buckets`` and ``kinds`` narrow it to the rows a change affects."""
-    from .tiles import CONFIGS
+    from .tiles import CONFIGS, halves_on_pointers
 
     todo, rows = [], []
     for arch, kernel, bucket, kind in itertools.product(archs, kernels, buckets, kinds):
@@ -427,6 +439,9 @@ def measure_tiles(
                     continue
                 for flags in combos:
                     v = Variant(kernel, arch, head_dim=bucket, tma=tma, tile=tile, **flags)
+                    if tma and kind == "tile-halves" and halves_on_pointers(v.mask, v.dropout, v.varlen, v.window,
+                                                                            v.gqa):  # fmt: skip
+                        continue  # these halves never run on the copy-engine path
                     halves = (1, 2) if kind == "tile-halves" else (0,)
                     launches = [dataclasses.replace(v, part=p, half=h) for p in (1, 2) for h in halves]
                     for part in launches if one else with_parts(v):

@@ -37,6 +37,7 @@ from .tiles import (
     block_dim,
     device_arch,
     dq_halves,
+    halves_on_pointers,
     kind_of,
     length_key,
     split_kind,
@@ -236,18 +237,19 @@ def backward_launches(
     )  # fmt: skip
     scalars = layout.scalars(D, DV, scale, dropout_p, left, right)
     offsets = (layout.cu_q, layout.cu_k)
-    features = (q.dtype, mask_kind, dropout_p > 0, layout.varlen, left >= 0)  # what decides a launch's kind
+    features = (q.dtype, mask_kind, dropout_p > 0, layout.varlen, left >= 0, Hk != H)  # what decides a kind
+    pointers = halves_on_pointers(*features[1:])  # dK/dV's halves on pointers: the copy engine's spill there
+    pairs = parts.get("attn_bwd_dkdv") or dkdv_parts(
+        arch, D, DV, kind_of("attn_bwd_dkdv", *features), tma, split_kind("attn_bwd_dkdv", *features), pointers
+    )
     dkdv = [
         Launch(
             "attn_bwd_dkdv", lambda meta: (layout.grid(meta["BLOCK_N"], keys=True), bh * Hk),
             (q, k, v, mask_t, grad_out, lse, delta, dk, dv, seed, *offsets, *common, *layout.strides(dk),
              *layout.strides(dv), *scalars),
-            {**consts, "PART": part, "HALF": half},
+            {**consts, "PART": part, "HALF": half, "USE_TMA": tma and not (half and pointers)},
         )
-        for part, half in parts.get("attn_bwd_dkdv") or dkdv_parts(
-            arch, D, DV, kind_of("attn_bwd_dkdv", *features, Hk != H), tma,
-            split_kind("attn_bwd_dkdv", *features, Hk != H),
-        )
+        for part, half in pairs
     ]  # fmt: skip
     dq_launches = [
         Launch(
@@ -267,21 +269,22 @@ def dq_parts(arch: int, tma: bool, D: int, kind: str) -> tuple[int, ...]:
 
 
 def dkdv_parts(
-    arch: int, D: int, DV: int, kind: str, tma: bool = True, split: str | None = None
+    arch: int, D: int, DV: int, kind: str, tma: bool = True, split: str | None = None, pointers: bool = False
 ) -> tuple[tuple[int, int], ...]:
     """The dK/dV kernel's launches as ``(PART, HALF)`` pairs (`attn_bwd_dkdv`): one for both, ``(0, 0)``; on sm_90
     above head dim 128, where the installed Triton's table keeps a spill-free ``wgmma`` tile for it, one for dV and
     one for dK, ``(1, 0), (2, 0)`` (each with one accumulator), without extra state (kind "plain") or with one
-    feature of it (``split``, `tiles.split_kind`); else, with a few features live (or one whose row is empty), each
-    of those once per half of its columns, ``(1, 1), (1, 2), (2, 1), (2, 2)`` (the "tile-halves" row). With more
-    features live no tile of either is spill-free, and sm_80 has no ``wgmma`` to gain: one launch."""
+    feature of it (``split``, `tiles.split_kind`); else, with several features live (or one whose row is empty),
+    each of those once per half of its columns, ``(1, 1), (1, 2), (2, 1), (2, 2)`` (the "tile-halves" row; on the
+    pointer path with ``pointers``, `tiles.halves_on_pointers`). Where the halves do not serve either, and on sm_80
+    (no ``wgmma`` to gain): one launch."""
     block = max(block_dim(D), block_dim(DV))
     if arch < 90 or block <= 128:
         return ((0, 0),)
     if kind == "plain" or (split != HALVES_KIND and split_tiles(arch, tma, block, split)):
         return ((1, 0), (2, 0))
     halvable = min(block_dim(D), block_dim(DV)) >= 32  # each half a product over >= 16 columns (tl.dot's least)
-    if split is not None and halvable and split_tiles(arch, tma, block, HALVES_KIND):
+    if split is not None and halvable and split_tiles(arch, tma and not pointers, block, HALVES_KIND):
         return ((1, 1), (1, 2), (2, 1), (2, 2))
     return ((0, 0),)
 

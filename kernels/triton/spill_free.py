@@ -2,11 +2,11 @@
 
 ``TABLE[kernel][(arch, path, bucket, kind)]``: the tiles kept, at most three (each one the autotuner tries costs a
 compile on the GPU), in the order of `tiles.CONFIGS` (larger tiles first) among those that compile without register
-spills within shared memory (on sm_90 with wgmma, except dK/dV above head dim 128 with more state live, where
-no wgmma tile is spill-free: `compile_check.no_wgmma_tile`). ``arch`` 80 stands for every card before Hopper
-(no copy engine: pointer path only), 90 for Hopper and later; ``path`` "tma" or "ptr"; ``bucket`` the padded head
-dim (64, 128, 256); ``kind`` "plain", "tile" (more state is live: a mask or dropout tile, variable length, a window's
-left edge, or grouped query heads in dK/dV), "fp32" (float32 operands), "fp32-tile" (both). The "tile" rows hold the
+spills within shared memory (on sm_90 with wgmma, except the decode kernel: `compile_check.no_wgmma_tile`).
+``arch`` 80 stands for every card before Hopper (no copy engine: pointer path only), 90 for Hopper and later;
+``path`` "tma" or "ptr"; ``bucket`` the padded head dim (64, 128, 256); ``kind`` "plain", "tile" (more state is
+live: a mask or dropout tile, variable length, a window's left edge, or grouped query heads in dK/dV), "fp32"
+(float32 operands), "fp32-tile" (both). The "tile" rows hold the
 tiles that stayed spill-free with all of that state live at once (a mask, dropout, a window and grouped heads, dense;
 and the same with variable length instead of the mask); "fp32-tile" likewise where one passed, else tiles spill-free
 in both the "fp32" and the "tile" measurement.
@@ -42,14 +42,14 @@ with ``wgmma``, causal or not (``--measure-tiles --kernel bwd_dkdv --head-dim-bu
 Where a row is empty (grouped heads under 3.9; under 3.6 also dropout and an additive mask on the copy-engine
 path) the halves below run instead.
 
-Re-measured 2026-11-27, late, for a **few** features live at once (`tiles.halves_take`: any two, grouped heads only with
-variable length and a window): kind ``"tile-halves"``, the rows of dK/dV's dV and dK launches each run over half of
-the head dim (four launches, `ops.dkdv_parts`). 16x128 on 8 warps compiled spill-free with ``wgmma`` in every one
-of the four launches, both paths, under 3.6 and 3.9, for each combination of `compile_check.MEASURED_KINDS`'
-"tile-halves" list; 32x128 spilled in some (and under 3.9 the dK half of grouped heads with dropout or a mask,
-which is why those stay one launch). Only those two tiles were compiled for these rows (the wgmma tiles the other
-rows keep at 256); ``--measure-tiles --kernel bwd_dkdv --head-dim-bucket 256 --kind tile-halves`` compiles all of
-them (hours on 2 cores).
+Re-measured 2026-11-27, late, for **several** features live at once (`tiles.halves_take`): kind ``"tile-halves"``,
+the rows of dK/dV's dV and dK launches each run over half of the head dim (four launches, `ops.dkdv_parts`).
+16x128 on 8 warps compiled spill-free with ``wgmma`` in every one of the four launches under 3.6 and 3.9, for each
+combination of `compile_check.MEASURED_KINDS`' "tile-halves" list: both paths, except grouped heads with a mask or
+dropout, pointer path only (2026-11-28: there the copy-engine path's dK half spills 4-176 B under 3.9, so those
+halves load through pointers, `tiles.halves_on_pointers`). 32x128, 32x64, 64x64, 64x128 and 16x64 spilled in
+some combinations (tried under 3.9 with grouped heads and dropout or a mask); the rows keep 16x128 only.
+``--measure-tiles --kernel bwd_dkdv --head-dim-bucket 256 --kind tile-halves`` compiles all tiles (hours on 2 cores).
 
 The compile check fails when a tile the installed version's table keeps spills.
 """

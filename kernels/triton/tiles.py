@@ -75,6 +75,14 @@ SPLIT_FEATURES = ("bool", "additive", "dropout", "varlen", "window", "gqa")  # a
 HALVES_KIND = "tile-halves"  # the row of dK/dV's half-head-dim launches (`split_kind`)
 
 
+def live_features(
+    mask_kind: int, dropout: bool, varlen: bool = False, left_edge: bool = False, grouped: bool = False
+) -> frozenset[str]:
+    """The features of extra state a dK/dV launch has live, by `SPLIT_FEATURES`' names."""
+    flags = (mask_kind == 1, mask_kind == 2, dropout, varlen, left_edge, grouped)
+    return frozenset(name for name, on in zip(SPLIT_FEATURES, flags, strict=True) if on)
+
+
 def split_kind(
     kernel: str, dtype: torch.dtype | None, mask_kind: int, dropout: bool,
     varlen: bool = False, left_edge: bool = False, grouped: bool = False,
@@ -82,28 +90,38 @@ def split_kind(
     """The finer kind of a dK/dV launch with extra state, for its split launches above head dim 128 on sm_90
     (`ops.dkdv_parts`), each with its own `SPILL_FREE` rows: one feature live (``"tile-bool"`` for a bool mask tile,
     ``"tile-additive"``, ``"tile-dropout"``, ``"tile-varlen"``, ``"tile-window"``, ``"tile-gqa"``), where a dV and a
-    dK launch over the whole head dim can keep a spill-free ``wgmma`` tile; or a few (`halves_take`:
-    ``"tile-halves"``), where launches over half the head dim can. None for other kernels, float32, and no or more
-    features (one launch: the "tile" kind)."""
-    flags = (mask_kind == 1, mask_kind == 2, dropout, varlen, left_edge, grouped)
-    live = [name for name, on in zip(SPLIT_FEATURES, flags, strict=True) if on]
+    dK launch over the whole head dim can keep a spill-free ``wgmma`` tile; or several (`halves_take`:
+    ``"tile-halves"``), where launches over half the head dim can. None for other kernels, float32, no features,
+    and the one combination the halves do not take (one launch: the "tile" kind)."""
+    live = live_features(mask_kind, dropout, varlen, left_edge, grouped)
     if kernel != "attn_bwd_dkdv" or dtype == torch.float32 or not live:
         return None
     if len(live) == 1:
-        return f"tile-{live[0]}"
-    return HALVES_KIND if halves_take(frozenset(live)) else None
+        return f"tile-{next(iter(live))}"
+    return HALVES_KIND if halves_take(live) else None
+
+
+MASKS = frozenset({"bool", "additive"})
 
 
 def halves_take(live: frozenset[str]) -> bool:
     """Whether dK/dV's half-head-dim launches stay spill-free with ``wgmma`` with these features live (`split_kind`'s
-    names): any two, except grouped heads, which go with variable length and a window only (a packed
-    sliding-window model with GQA). Measured under triton 3.6 and 3.9, 2026-11-27 (`spill_free`): under 3.9 the dK
-    half spills on the copy-engine path with grouped heads and dropout or a mask; of the combinations of three or
-    more only that packed sliding-window one was measured spill-free (mask, window and grouped heads spilled, and
-    both with four), so the others stay one launch untried."""
-    if "gqa" in live:
-        return live <= {"gqa", "varlen", "window"}
-    return len(live) == 2
+    names): every combination of two or more that a call makes (a mask tensor never comes with variable length or
+    a window: a window is the mask), on the pointer path where `halves_on_pointers` says so. Measured under triton
+    3.6 and 3.9 (`spill_free`, 2026-11-27 and -28). The one combination refused, a mask with dropout, a window and
+    grouped heads, spills 8 B in the dK half on either path; no call makes it."""
+    return len(live) >= 2 and not (live >= {"dropout", "window", "gqa"} and live & MASKS)
+
+
+def halves_on_pointers(
+    mask_kind: int, dropout: bool, varlen: bool = False, left_edge: bool = False, grouped: bool = False
+) -> bool:
+    """Whether dK/dV's half-head-dim launches load through pointers even where the copy engine could serve: with
+    grouped heads and a mask or dropout live, their dK half spills 4-176 B on the copy-engine path under triton 3.9
+    (the descriptors' registers on top of the group's loop) and none on the pointer path, under 3.6 and 3.9
+    (2026-11-28). ``wgmma`` without the copy engine beats the one launch's 16-row ``mma.sync`` tiles."""
+    live = live_features(mask_kind, dropout, varlen, left_edge, grouped)
+    return "gqa" in live and bool(live & (MASKS | {"dropout"}))
 
 
 def split_row(kind: str | None, half: int) -> str | None:

@@ -52,18 +52,20 @@ def test_covering_set_compiles_without_spills(reports):
     assert all(r["shared_bytes"] > 0 and r["spill_bytes"] == 0 for r in main)
     hopper = [r for r in main if r["arch"] == 90]
     # fp16/bf16 on sm_90: wgmma in every kernel at every head dim (above 128, dK/dV as its dV and dK launches, also
-    # with one feature of extra state live, and as their half-head-dim launches with a few), except dK/dV above 128
-    # with more features live than the halves take (`tiles.halves_take`): no wgmma tile compiles spill-free there
+    # with one feature of extra state live, and as their half-head-dim launches with several)
     state = ("mask", "dropout", "varlen", "window", "gqa")
     big_dkdv = [r for r in hopper if r["kernel"] == "bwd_dkdv" and r["head_dim"] > 128 and r["dtype"] != "float32"]
-    exception = [r for r in big_dkdv if r["part"] == 0]  # the covering dropout + grouped-heads variant
-    assert exception and all(sum(bool(r[f]) for f in state) > 1 and not r["wgmma"] for r in exception)
+    assert big_dkdv and all(r["part"] for r in big_dkdv)  # no one-launch dK/dV left there
     one = [r for r in big_dkdv if sum(bool(r[f]) for f in state) == 1]  # the covering bf16 bool-mask variant
     assert one and all(r["part"] and not r["half"] and r["wgmma"] for r in one)
-    halves = [r for r in big_dkdv if r["half"]]  # the covering packed + window + grouped-heads variant
-    assert {(r["part"], r["half"]) for r in halves} == {(1, 1), (1, 2), (2, 1), (2, 2)}
-    assert all(r["wgmma"] and sum(bool(r[f]) for f in state) == 3 for r in halves)
-    assert all(r["wgmma"] for r in hopper if r["dtype"] != "float32" and r not in exception)
+    halves = [r for r in big_dkdv if r["half"]]  # packed + window + grouped heads; dropout + grouped heads
+    assert {(r["part"], r["half"], r["path"]) for r in halves} == {
+        (p, h, path) for p in (1, 2) for h in (1, 2) for path in ("tma", "ptr")
+    }
+    assert all(r["wgmma"] and sum(bool(r[f]) for f in state) > 1 for r in halves)
+    # grouped heads with dropout: the halves on pointers even where the copy engine could serve
+    assert all(r["path"] == "ptr" for r in halves if r["dropout"] and r["gqa"])
+    assert all(r["wgmma"] for r in hopper if r["dtype"] != "float32" and r["kernel"] != "decode")
     split = [r for r in main if r["kernel"] == "bwd_dkdv" and r["part"]]
     assert {r["part"] for r in split} == {1, 2} and all(r["arch"] == 90 and r["head_dim"] > 128 for r in split)
     assert all(r["tma"] for r in hopper if r["path"] == "tma")  # the dense sm_90 path: the copy engine
@@ -143,6 +145,28 @@ def test_measured_table_keeps_tiles_spill_free_in_every_combination(monkeypatch)
     assert table["attn_fwd"][(90, "ptr", 64, "tile")] == CONFIGS["attn_fwd"][1:3]
     assert table["attn_fwd"][(90, "tma", 256, "fp32-tile")] == CONFIGS["attn_fwd"][1:3]
     assert table["attn_bwd_dq"][(90, "tma", 64, "fp32-tile")] == CONFIGS["attn_bwd_dq"][:2]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known, found 2026-11-28: the 'tile' row of dK/dV at head dim 128 on sm_90 (triton 3.9) keeps 16x128, which "
+    "spills 88 B with packed sequences, dropout, a window and grouped heads (and 48-100 B dense with a mask, dropout "
+    "and grouped heads); re-measure the rows with those combinations in _TILE_STATE (a dV/dK split compiled "
+    "spill-free there)",
+)
+def test_packed_window_dropout_groups_at_head_dim_128_compile_without_spills():
+    """A Gemma-2-like training step at head dim 128 (packed sequences, a sliding window, dropout, grouped heads):
+    dK/dV with the first tile its row keeps, as the JIT compiles it for sm_90."""
+    script = (
+        "import dataclasses, json\n"
+        "from kernels.triton.compile_check import Variant, compile_variant, kept\n"
+        "v = Variant('bwd_dkdv', 90, varlen=True, window=True, dropout=True, gqa=True, causal=True)\n"
+        "print(json.dumps(compile_variant(dataclasses.replace(v, tile=kept(v)[0]))))\n"
+    )  # in a process of its own, as the check runs: the suite's interpreter setting refuses compiles
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["ok"], report["why"]
 
 
 def test_tile_table_follows_the_installed_triton():

@@ -54,6 +54,8 @@ def test_dkdv_above_head_dim_128_is_two_launches():
     for tma in (True, False):
         expected = HALVES if tiles.split_tiles(90, tma, 256, "tile-halves") else ONE
         assert ops.dkdv_parts(90, 256, 256, "tile", tma, "tile-halves") == expected
+        on_pointers = HALVES if tiles.split_tiles(90, False, 256, "tile-halves") else ONE  # the pointer path's row
+        assert ops.dkdv_parts(90, 256, 256, "tile", tma, "tile-halves", True) == on_pointers
         assert ops.dkdv_parts(90, 192, 64, "tile", tma, "tile-halves") == expected
         assert ops.dkdv_parts(90, 256, 16, "tile", tma, "tile-halves") == ONE  # halves of 8 columns: too narrow
     fp16, kernel = torch.float16, "attn_bwd_dkdv"
@@ -61,14 +63,18 @@ def test_dkdv_above_head_dim_128_is_two_launches():
         "tile-dropout"
     )
     assert tiles.split_kind(kernel, fp16, 0, False, grouped=True) == "tile-gqa"
-    # a few features (`tiles.halves_take`): any two, grouped heads only with variable length and a window
+    # several features (`tiles.halves_take`): every combination a call makes; with grouped heads and a mask or
+    # dropout on the pointer path (`tiles.halves_on_pointers`: the copy engine's dK half spills there)
     assert tiles.split_kind(kernel, fp16, 1, True) == tiles.split_kind(kernel, fp16, 0, True, True) == "tile-halves"
-    assert tiles.split_kind(kernel, fp16, 2, False, left_edge=True) == "tile-halves"
+    assert tiles.split_kind(kernel, fp16, 0, True, True, True) == "tile-halves"  # packed, dropout, window
     assert tiles.split_kind(kernel, fp16, 0, False, True, True, True) == "tile-halves"  # packed, window, groups
-    assert tiles.split_kind(kernel, fp16, 0, True, grouped=True) is None  # dropout, groups: its dK half spills
-    assert tiles.split_kind(kernel, fp16, 2, False, grouped=True) is None  # a mask, groups: likewise
-    assert tiles.split_kind(kernel, fp16, 2, False, False, True, True) is None  # mask, window, groups
-    assert tiles.split_kind(kernel, fp16, 1, True, left_edge=True) is None  # mask, dropout, window
+    assert tiles.split_kind(kernel, fp16, 0, True, True, True, True) == "tile-halves"  # and dropout: four
+    assert tiles.split_kind(kernel, fp16, 0, True, grouped=True) == "tile-halves"  # dropout, groups
+    assert tiles.split_kind(kernel, fp16, 2, True, grouped=True) == "tile-halves"  # a mask, dropout, groups
+    assert not tiles.halves_on_pointers(1, True) and not tiles.halves_on_pointers(0, False, True, True, True)
+    assert tiles.halves_on_pointers(0, True, grouped=True) and tiles.halves_on_pointers(2, False, grouped=True)
+    assert tiles.halves_on_pointers(0, True, True, True, True)  # packed, dropout, window, groups
+    assert tiles.split_kind(kernel, fp16, 1, True, False, True, True) is None  # no call has a mask and a window
     assert tiles.split_kind("attn_fwd", fp16, 1, False) is None and tiles.split_kind(kernel, fp16, 0, False) is None
     assert tiles.split_kind(kernel, torch.float32, 1, False) is None
     bool_tiles = tiles.split_tiles(90, True, 256, "tile-bool")
@@ -121,6 +127,25 @@ def test_a_few_features_above_head_dim_128_run_the_halves_and_equal_the_referenc
     band = kernels.sliding_window(33, 51, 10, 0, lower_right=True)  # every row sees keys
     compare_band(random_qkv((2,), 4, 33, 51, 256, kv_heads=2), band, torch.float16, enable_gqa=True)
     assert parts == [HALVES]
+
+
+def test_grouped_heads_with_a_mask_run_the_halves_on_pointers_and_equal_the_reference(monkeypatch):
+    """Grouped heads with a bool mask at head dim 160 (fp16), operands aligned for descriptors: the forward and dQ
+    load through descriptors, dK/dV runs its four half-head-dim launches on the pointer path
+    (`tiles.halves_on_pointers`), and forward and every gradient stay within 2x torch's error of float64."""
+    from kernels.triton import ops
+
+    _skip_without_triton()
+    launches = []
+    real = ops._run
+    monkeypatch.setattr(ops, "_run", lambda launch: launches.append(launch) or real(launch))
+    tensors = random_qkv((2,), 4, 19, 32, 160, kv_heads=2)
+    tensors["attn_mask"] = torch.rand(2, 1, 19, 32) > 0.3
+    compare_backend(Backend.TRITON, tensors, torch.float16, enable_gqa=True)
+    paths = {(x.kernel, x.kwargs.get("PART", 0), x.kwargs.get("HALF", 0)): x.kwargs.get("USE_TMA") for x in launches}
+    assert {key[1:] for key in paths if key[0] == "attn_bwd_dkdv"} == set(HALVES)
+    assert not any(tma for key, tma in paths.items() if key[0] == "attn_bwd_dkdv")
+    assert paths[("attn_fwd", 0, 0)] and all(tma for key, tma in paths.items() if key[0] == "attn_bwd_dq")
 
 
 @pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "pointers"])
