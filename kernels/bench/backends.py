@@ -16,7 +16,8 @@ benchmark over passes, dtypes, head dims and lengths: `kernels.bench.sweep`):
 - ``--tiles KERNEL``: one fused kernel with each tile of its autotune list forced, against the autotuner's choice
   (`kernels.bench.tile_ab`; a GPU measurement).
 - ``--halves W``: dK/dV above head dim 128 with grouped heads and a causal window of ``W`` keys, in the half-head-dim
-  launches the spill table chooses against one launch (`kernels.bench.halves_ab`; a GPU measurement).
+  launches the spill table chooses against one launch (`kernels.bench.halves_ab`; a GPU measurement);
+  ``--halves-dropout P`` adds attention dropout (the halves then load through pointers).
 
 On a machine without a GPU the default sizes are scaled down and the dtype is float32. A variant that
 cannot serve the input is listed with its reason instead of a time. Variants are timed in interleaved rounds
@@ -234,6 +235,7 @@ def title(args: argparse.Namespace) -> str:
         what = f"dense batch, {args.tiles} with each tile forced"
     if args.halves:
         what = f"grouped heads (2 per key head), causal window {args.halves}, dK/dV in halves or one launch"
+        what += f", dropout {args.halves_dropout}" if args.halves_dropout else ""
     step = "forward + backward" if args.train else "forward"
     return (
         f"SDPA on {args.device}, {args.dtype}, {what}: batch {args.batch}, heads {args.heads}, "
@@ -281,6 +283,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--halves", type=int, help="the halves experiment: dK/dV in halves vs one launch, causal window of this many"
     )
+    parser.add_argument(
+        "--halves-dropout", type=float, default=0.0,
+        help="--halves: attention dropout p as well (grouped heads with dropout: the halves load through pointers)",
+    )  # fmt: skip
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per variant and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median and spread)")
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("bench-results"))
@@ -311,7 +317,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     table = format_table(results, args)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = "sdpa_nested" if args.nested else f"sdpa_window{args.window}" if args.window else "sdpa_backends"
-    stem = f"tiles_{args.tiles}" if args.tiles else f"dkdv_halves_window{args.halves}" if args.halves else stem
+    halves = f"dkdv_halves_window{args.halves}" + (f"_dropout{args.halves_dropout}" if args.halves_dropout else "")
+    stem = f"tiles_{args.tiles}" if args.tiles else halves if args.halves else stem
     json_path, png_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.png"
     config = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in vars(args).items()}
     payload = {

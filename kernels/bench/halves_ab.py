@@ -4,7 +4,10 @@ launch they replace, forward and backward, on one dense input with a few feature
 What it is for: with grouped heads and a sliding window (a Gemma-2-like layer) above head dim 128, the spill table
 sends dK/dV's dV and dK launches to run once per half of the head dim each (`kernels.triton.ops.dkdv_parts`):
 ``wgmma`` tiles, twice the matrix products. The static loop profile says fewer instructions; only a GPU says whether
-it is faster. The cases: ``TRITON`` as the table chooses, ``TRITON`` with dK/dV forced into one launch, and
+it is faster. With ``--halves-dropout P`` (dropout as well) the halves load through pointers
+(`kernels.triton.tiles.halves_on_pointers`) and each regenerates the dropout mask: the static profile counts more
+instructions there than the one launch's, and only a card says which is faster. The cases: ``TRITON`` as the table
+chooses, ``TRITON`` with dK/dV forced into one launch, and
 ``TORCH`` (torch's SDPA on windowed chunks). On a card or Triton without the halves (sm_80, float32) the first two
 run the same launches.
 """
@@ -34,7 +37,8 @@ def halves_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     q = torch.randn(B, H, L, E, device=device, dtype=dtype, generator=gen, requires_grad=True)
     k, v = (torch.randn(B, Hk, L, E, device=device, dtype=dtype, generator=gen, requires_grad=True) for _ in range(2))
     band = sliding_window(L, L, args.halves - 1)
-    call = timed_step(scaled_dot_product_attention, [q, k, v], True, q, k, v, attn_mask=band, enable_gqa=True)
+    call = timed_step(scaled_dot_product_attention, [q, k, v], True, q, k, v, attn_mask=band, enable_gqa=True,
+                      dropout_p=args.halves_dropout)  # fmt: skip
 
     @contextlib.contextmanager
     def one_launch() -> Iterator[None]:

@@ -162,14 +162,14 @@ def with_parts(v: Variant) -> list[Variant]:
     import torch
 
     from .ops import dkdv_parts, dq_parts
-    from .tiles import halves_on_pointers, kind_of, split_kind
+    from .tiles import block_dim, halves_on_pointers, kind_of, split_kind
 
     if v.kernel not in ("bwd_dkdv", "bwd_dq"):
         return [v]
     kernel, dtype = KERNEL_NAMES[v.kernel], getattr(torch, v.dtype)
     kind = kind_of(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
     if v.kernel == "bwd_dkdv":
-        split = split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
+        split = split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa, block_dim(v.head_dim))
         pointers = halves_on_pointers(v.mask, v.dropout, v.varlen, v.window, v.gqa)
         parts = dkdv_parts(v.arch, v.head_dim, v.head_dim, kind, v.path == "tma", split, pointers)
         # the halves' launches on the pointer path where `halves_on_pointers` puts them, as `backward_launches` does
@@ -318,7 +318,8 @@ def kept(v: Variant) -> list[tuple[int, int, int, int]]:
     kernel, dtype = KERNEL_NAMES[v.kernel], getattr(torch, v.dtype)
     kind = kind_of(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa)
     if v.kernel == "bwd_dkdv" and v.part and kind == "tile":  # a split launch with extra state: its own row
-        split = split_row(split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa), v.half)
+        one = split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa, block_dim(v.head_dim))
+        split = split_row(one, v.half)
         return split_tiles(v.arch, v.path == "tma", block_dim(v.head_dim), split)
     return kept_tiles(kernel, v.arch, v.path == "tma", block_dim(v.head_dim), kind)
 
@@ -328,8 +329,9 @@ def kept(v: Variant) -> list[tuple[int, int, int, int]]:
 COVERING = [
     {"head_dim": 64},
     {"causal": True},
-    {"mask": 1, "dropout": True, "causal": True},
-    {"mask": 2, "dropout": True},  # (a mask tensor never comes with a window: the window is the mask)
+    {"mask": 1, "dropout": True},  # (no call has a mask and is_causal: validation refuses them together)
+    {"mask": 2, "dropout": True, "gqa": True},  # dK/dV on sm_90: dV and dK apart (`tiles.groups_split`)
+    {"varlen": True, "window": True, "dropout": True, "gqa": True},  # a Gemma-2-like training step, likewise
     {"window": True, "dropout": True},
     {"dtype": "bfloat16", "head_dim": 192, "causal": True},
     {"dtype": "float32", "head_dim": 80, "gqa": True},
@@ -371,11 +373,15 @@ def variants(full: bool, archs: tuple[int, ...]) -> list[Variant]:
 
 # What each SPILL_FREE kind must survive: a tile is kept for a kind when every one of these compiles spill-free
 # (register allocation is not monotone in the features, so the "tile" kinds are checked with several combinations).
+# Since 2026-11-28 the combinations calls make (no mask with is_causal or a window); the rows in `spill_free` were
+# measured with the former list (a mask with causal, and with a window and grouped heads), and several keep tiles
+# that spill with these: docs/benchmarks.md lists them, a --measure-tiles run of "tile" and "fp32-tile" fixes them.
 _TILE_STATE = [
-    {"mask": 1, "dropout": True, "causal": True},
-    {"mask": 1, "dropout": True, "causal": True, "window": True, "gqa": True},
+    {"mask": 1, "dropout": True, "gqa": True},
+    {"mask": 2, "dropout": True, "gqa": True},
+    {"window": True, "dropout": True, "gqa": True},
     {"varlen": True, "dropout": True, "causal": True},
-    {"varlen": True, "dropout": True, "causal": True, "window": True, "gqa": True},
+    {"varlen": True, "dropout": True, "window": True, "gqa": True},
 ]
 MEASURED_KINDS = {
     "plain": [{}, {"causal": True}],
@@ -415,6 +421,19 @@ MEASURED_KINDS = {
         {"varlen": True, "dropout": True, "gqa": True},
         {"varlen": True, "dropout": True, "window": True, "gqa": True},
     ],
+    # grouped heads with a mask or dropout at head dim 128 (`tiles.groups_split`): dV's and dK's launches
+    "tile-gqa-128": [
+        {"mask": 1, "gqa": True},
+        {"mask": 2, "gqa": True},
+        {"mask": 2, "gqa": True, "causal": True},
+        {"dropout": True, "gqa": True},
+        {"dropout": True, "gqa": True, "causal": True},
+        {"mask": 1, "dropout": True, "gqa": True},
+        {"mask": 2, "dropout": True, "gqa": True},
+        {"window": True, "dropout": True, "gqa": True},
+        {"varlen": True, "dropout": True, "gqa": True, "causal": True},
+        {"varlen": True, "dropout": True, "window": True, "gqa": True},
+    ],
 }
 
 
@@ -425,12 +444,13 @@ def measure_tiles(
     """Compile every tile of every kernel for each (arch, path, head-dim bucket, kind) in each of the kind's
     feature combinations (`MEASURED_KINDS`); per row, the first ``keep`` tiles (in CONFIGS order) that pass all.
     ``kernels``, ``buckets`` and ``kinds`` narrow it to the rows a change affects."""
-    from .tiles import CONFIGS, halves_on_pointers
+    from .tiles import CONFIGS, GROUPS_KIND, halves_on_pointers
 
     todo, rows = [], []
     for arch, kernel, bucket, kind in itertools.product(archs, kernels, buckets, kinds):
         one = kind.startswith("tile-")  # a split kind: the split's launches, whatever the table says
-        if one and not (arch >= 90 and kernel == "bwd_dkdv" and bucket > 128):
+        small = kind == GROUPS_KIND  # the one split kind at head dim 128
+        if one and not (arch >= 90 and kernel == "bwd_dkdv" and (bucket == 128 if small else bucket > 128)):
             continue
         combos = MEASURED_KINDS[kind]
         for tma in (True, False) if arch >= 90 else (False,):

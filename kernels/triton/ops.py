@@ -31,6 +31,7 @@ from .common import grid_blocks
 from .decode import attn_decode_combine, attn_decode_split
 from .fwd import attn_fwd
 from .tiles import (
+    GROUPS_KIND,
     HALVES_KIND,
     INTERPRET,
     PREPROCESS_BLOCK,
@@ -239,8 +240,9 @@ def backward_launches(
     offsets = (layout.cu_q, layout.cu_k)
     features = (q.dtype, mask_kind, dropout_p > 0, layout.varlen, left >= 0, Hk != H)  # what decides a kind
     pointers = halves_on_pointers(*features[1:])  # dK/dV's halves on pointers: the copy engine's spill there
+    split = split_kind("attn_bwd_dkdv", *features, max(block_dim(D), block_dim(DV)))
     pairs = parts.get("attn_bwd_dkdv") or dkdv_parts(
-        arch, D, DV, kind_of("attn_bwd_dkdv", *features), tma, split_kind("attn_bwd_dkdv", *features), pointers
+        arch, D, DV, kind_of("attn_bwd_dkdv", *features), tma, split, pointers
     )
     dkdv = [
         Launch(
@@ -271,16 +273,20 @@ def dq_parts(arch: int, tma: bool, D: int, kind: str) -> tuple[int, ...]:
 def dkdv_parts(
     arch: int, D: int, DV: int, kind: str, tma: bool = True, split: str | None = None, pointers: bool = False
 ) -> tuple[tuple[int, int], ...]:
-    """The dK/dV kernel's launches as ``(PART, HALF)`` pairs (`attn_bwd_dkdv`): one for both, ``(0, 0)``; on sm_90
-    above head dim 128, where the installed Triton's table keeps a spill-free ``wgmma`` tile for it, one for dV and
-    one for dK, ``(1, 0), (2, 0)`` (each with one accumulator), without extra state (kind "plain") or with one
-    feature of it (``split``, `tiles.split_kind`); else, with several features live (or one whose row is empty),
-    each of those once per half of its columns, ``(1, 1), (1, 2), (2, 1), (2, 2)`` (the "tile-halves" row; on the
-    pointer path with ``pointers``, `tiles.halves_on_pointers`). Where the halves do not serve either, and on sm_80
-    (no ``wgmma`` to gain): one launch."""
+    """The dK/dV kernel's launches as ``(PART, HALF)`` pairs (`attn_bwd_dkdv`): one for both, ``(0, 0)``; on sm_90,
+    where the installed Triton's table keeps a spill-free ``wgmma`` tile for them, one for dV and one for dK,
+    ``(1, 0), (2, 0)`` (each with one accumulator): at head dim 128 with grouped heads and a mask or dropout live
+    (``split`` "tile-gqa-128"), above it without extra state (kind "plain") or with one feature of it
+    (``split``, `tiles.split_kind`); else above 128, with several features live (or one whose row is empty), each
+    of those once per half of its columns, ``(1, 1), (1, 2), (2, 1), (2, 2)`` (the "tile-halves" row; on the
+    pointer path with ``pointers``, `tiles.halves_on_pointers`). Where none of these serves, and on sm_80 (no
+    ``wgmma`` to gain): one launch."""
     block = max(block_dim(D), block_dim(DV))
-    if arch < 90 or block <= 128:
+    if arch < 90:
         return ((0, 0),)
+    if block <= 128:  # one launch, but with grouped heads and more (`split`: its row) where a split tile is kept
+        split_tile = split == GROUPS_KIND and split_tiles(arch, tma, block, split)
+        return ((1, 0), (2, 0)) if split_tile else ((0, 0),)
     if kind == "plain" or (split != HALVES_KIND and split_tiles(arch, tma, block, split)):
         return ((1, 0), (2, 0))
     halvable = min(block_dim(D), block_dim(DV)) >= 32  # each half a product over >= 16 columns (tl.dot's least)

@@ -135,6 +135,9 @@ TRITON_39: Table = {
         (90, 'tma', 256, 'fp32-tile'): [],
         (90, 'tma', 256, 'plain'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
         (90, 'tma', 256, 'tile'): [(16, 16, 8, 1)],
+        # grouped heads with a mask or dropout at head dim 128 (`tiles.groups_split`): the dV and dK launches' tiles
+        (90, 'ptr', 128, 'tile-gqa-128'): [(16, 128, 8, 2)],
+        (90, 'tma', 128, 'tile-gqa-128'): [(16, 128, 8, 2), (16, 64, 4, 2)],
         # one feature live (`tiles.split_kind`): the dV and dK launches' tiles, both spill-free with wgmma
         (90, 'ptr', 256, 'tile-additive'): [(16, 128, 8, 2), (16, 64, 4, 2)],
         (90, 'ptr', 256, 'tile-bool'): [(16, 128, 8, 2)],
@@ -267,6 +270,11 @@ BOTH_36_39: Table = {
         (90, 'tma', 256, 'fp32-tile'): [],
         (90, 'tma', 256, 'plain'): [(16, 128, 8, 2), (16, 64, 4, 2)],
         (90, 'tma', 256, 'tile'): [(16, 16, 8, 1)],
+        # grouped heads with a mask or dropout at head dim 128 (`tiles.groups_split`): the dV and dK launches' tiles;
+        # the copy-engine row as measured under 3.6 (its 16x128 spills 16-20 B with packed sequences there, and
+        # 3.9's 16x64 w8 s1 8 B with an additive mask: 3.9 reads its own row)
+        (90, 'ptr', 128, 'tile-gqa-128'): [(16, 128, 8, 2)],
+        (90, 'tma', 128, 'tile-gqa-128'): [(16, 64, 8, 1)],
         # one feature live (`tiles.split_kind`): the dV and dK launches' tiles, both spill-free with wgmma
         (90, 'ptr', 256, 'tile-additive'): [(16, 128, 8, 2)],
         (90, 'ptr', 256, 'tile-bool'): [(16, 128, 8, 2)],

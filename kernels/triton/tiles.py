@@ -73,6 +73,7 @@ def kind_of(
 
 SPLIT_FEATURES = ("bool", "additive", "dropout", "varlen", "window", "gqa")  # a bool or additive mask tile, ...
 HALVES_KIND = "tile-halves"  # the row of dK/dV's half-head-dim launches (`split_kind`)
+GROUPS_KIND = "tile-gqa-128"  # the row of dK/dV's dV and dK launches at head dim 128
 
 
 def live_features(
@@ -85,17 +86,20 @@ def live_features(
 
 def split_kind(
     kernel: str, dtype: torch.dtype | None, mask_kind: int, dropout: bool,
-    varlen: bool = False, left_edge: bool = False, grouped: bool = False,
+    varlen: bool = False, left_edge: bool = False, grouped: bool = False, block_d: int = 256,
 ) -> str | None:  # fmt: skip
-    """The finer kind of a dK/dV launch with extra state, for its split launches above head dim 128 on sm_90
-    (`ops.dkdv_parts`), each with its own `SPILL_FREE` rows: one feature live (``"tile-bool"`` for a bool mask tile,
-    ``"tile-additive"``, ``"tile-dropout"``, ``"tile-varlen"``, ``"tile-window"``, ``"tile-gqa"``), where a dV and a
-    dK launch over the whole head dim can keep a spill-free ``wgmma`` tile; or several (`halves_take`:
-    ``"tile-halves"``), where launches over half the head dim can. None for other kernels, float32, no features,
-    and the one combination the halves do not take (one launch: the "tile" kind)."""
+    """The finer kind of a dK/dV launch with extra state, for its split launches on sm_90 (`ops.dkdv_parts`), each
+    with its own `SPILL_FREE` rows. Above head dim 128 (``block_d``, the padded one): one feature live
+    (``"tile-bool"`` for a bool mask tile, ``"tile-additive"``, ``"tile-dropout"``, ``"tile-varlen"``,
+    ``"tile-window"``, ``"tile-gqa"``), where a dV and a dK launch over the whole head dim can keep a spill-free
+    ``wgmma`` tile; or several (`halves_take`: ``"tile-halves"``), where launches over half the head dim can. At 128:
+    grouped heads with a mask or dropout (`groups_split`: ``"tile-gqa-128"``). None for other kernels, float32, no
+    features, and where one launch serves (the "tile" kind)."""
     live = live_features(mask_kind, dropout, varlen, left_edge, grouped)
     if kernel != "attn_bwd_dkdv" or dtype == torch.float32 or not live:
         return None
+    if block_d <= 128:
+        return GROUPS_KIND if groups_split(live, block_d) else None
     if len(live) == 1:
         return f"tile-{next(iter(live))}"
     return HALVES_KIND if halves_take(live) else None
@@ -111,6 +115,15 @@ def halves_take(live: frozenset[str]) -> bool:
     3.6 and 3.9 (`spill_free`, 2026-11-27 and -28). The one combination refused, a mask with dropout, a window and
     grouped heads, spills 8 B in the dK half on either path; no call makes it."""
     return len(live) >= 2 and not (live >= {"dropout", "window", "gqa"} and live & MASKS)
+
+
+def groups_split(live: frozenset[str], block_d: int) -> bool:
+    """Whether dK/dV at padded head dim 128 runs as its dV and dK launches on sm_90: with grouped heads and a mask or
+    dropout live (with a window or variable length too, or not), where every one-launch ``wgmma`` tile the "tile"
+    row kept spilled under triton 3.9 (8-100 B: that state on top of the loop over the group's heads) and the two
+    launches, one accumulator each, compile spill-free under 3.6 and 3.9 (measured 2026-11-28). At 64 the one
+    launch's tiles stay spill-free there: one launch (the split computes Q K^T twice)."""
+    return block_d == 128 and "gqa" in live and bool(live & (MASKS | {"dropout"}))
 
 
 def halves_on_pointers(
@@ -232,7 +245,7 @@ def prune_for(kernel: str):
         if args.get("PART", 0) and kind == "tile":  # a split launch with extra state: its own row
             one = split_kind(
                 kernel, q.dtype, args["MASK_KIND"], args["HAS_DROPOUT"], args["VARLEN"], args["HAS_LEFT"],
-                args["GROUP"] != 1,
+                args["GROUP"] != 1, block_d,
             )  # fmt: skip
             row = split_row(one, args.get("HALF", 0))
             allowed = split_tiles(device_arch(q), bool(args["USE_TMA"]), block_d, row) or allowed

@@ -83,7 +83,8 @@ def test_halves_experiment_times_the_tables_launches_against_one(tmp_path, capsy
     chosen, seen = ops.dkdv_parts, []
     monkeypatch.setattr(ops, "dkdv_parts", lambda *args: seen.append(chosen(*args)) or seen[-1])
     spy = ops.dkdv_parts
-    argv = "--halves 8 --device cpu --dtype float16 --batch 1 --heads 2 --seq-len 24 --head-dim 256".split()
+    argv = "--halves 8 --halves-dropout 0.1 --device cpu --dtype float16 --batch 1 --heads 2 --seq-len 24".split()
+    argv += ["--head-dim", "256"]  # dropout too: the halves on pointers (`tiles.halves_on_pointers`)
     results = bench.main([*argv, "--min-run-time", "0.01", "--rounds", "1", "--out-dir", str(tmp_path)])
     assert [r.name for r in results] == [
         "TRITON, dK/dV as the table chooses", "TRITON, dK/dV in one launch (forced)", "TORCH, window (chunked)"
@@ -91,8 +92,10 @@ def test_halves_experiment_times_the_tables_launches_against_one(tmp_path, capsy
     assert results[2].ms > 0 and ops.dkdv_parts is spy  # the forced launch put the table's choice back
     if results[0].ms is not None:  # timed under the interpreter (else skipped with its reason)
         assert ((1, 1), (1, 2), (2, 1), (2, 2)) in seen  # the table's choice: the halves
-    data = json.loads((tmp_path / "dkdv_halves_window8.json").read_text())
-    assert data["config"]["train"] is True and "causal window 8" in capsys.readouterr().out
+    data = json.loads((tmp_path / "dkdv_halves_window8_dropout0.1.json").read_text())
+    assert data["config"]["train"] is True and "causal window 8, dK/dV in halves or one launch, dropout 0.1" in (
+        capsys.readouterr().out
+    )
     from kernels.bench.backends import parse_args
 
     with pytest.raises(SystemExit):

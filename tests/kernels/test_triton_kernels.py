@@ -75,6 +75,17 @@ def test_dkdv_above_head_dim_128_is_two_launches():
     assert tiles.halves_on_pointers(0, True, grouped=True) and tiles.halves_on_pointers(2, False, grouped=True)
     assert tiles.halves_on_pointers(0, True, True, True, True)  # packed, dropout, window, groups
     assert tiles.split_kind(kernel, fp16, 1, True, False, True, True) is None  # no call has a mask and a window
+    # at head dim 128: one launch, but its dV and dK launches with grouped heads and a mask or dropout (64: one)
+    assert tiles.split_kind(kernel, fp16, 2, True, grouped=True, block_d=128) == "tile-gqa-128"
+    assert tiles.split_kind(kernel, fp16, 0, True, True, True, True, block_d=128) == "tile-gqa-128"
+    assert tiles.split_kind(kernel, fp16, 0, True, True, True, True, block_d=64) is None
+    assert tiles.split_kind(kernel, fp16, 1, False, grouped=True, block_d=128) == "tile-gqa-128"
+    assert tiles.split_kind(kernel, fp16, 0, False, True, True, True, block_d=128) is None  # packed, window, groups
+    assert tiles.split_kind(kernel, fp16, 0, True, block_d=128) is None
+    for tma in (True, False):
+        expected = SPLIT if tiles.split_tiles(90, tma, 128, "tile-gqa-128") else ONE
+        assert ops.dkdv_parts(90, 128, 128, "tile", tma, "tile-gqa-128") == expected
+    assert ops.dkdv_parts(80, 128, 128, "tile", False, "tile-gqa-128") == ONE
     assert tiles.split_kind("attn_fwd", fp16, 1, False) is None and tiles.split_kind(kernel, fp16, 0, False) is None
     assert tiles.split_kind(kernel, torch.float32, 1, False) is None
     bool_tiles = tiles.split_tiles(90, True, 256, "tile-bool")
@@ -146,6 +157,41 @@ def test_grouped_heads_with_a_mask_run_the_halves_on_pointers_and_equal_the_refe
     assert {key[1:] for key in paths if key[0] == "attn_bwd_dkdv"} == set(HALVES)
     assert not any(tma for key, tma in paths.items() if key[0] == "attn_bwd_dkdv")
     assert paths[("attn_fwd", 0, 0)] and all(tma for key, tma in paths.items() if key[0] == "attn_bwd_dq")
+
+
+@pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "pointers"])
+def test_grouped_heads_with_dropout_at_head_dim_128_run_dv_and_dk_apart(descriptors, monkeypatch):
+    """Grouped heads, dropout and a bool mask at head dim 96 (fp16): the table sends dK/dV to its dV and dK launches
+    (`tiles.groups_split`: no one-launch wgmma tile is spill-free there), which give exactly what the one
+    launch gives, the dropout keep mask regenerated alike in both, every gradient."""
+    _skip_without_triton()
+    from kernels.triton import ops, tiles
+
+    if not tiles.split_tiles(90, descriptors, 128, "tile-gqa-128"):
+        pytest.skip("the installed triton's table keeps no tile for this split on this path: one launch")
+    monkeypatch.setattr(ops, "DESCRIPTORS", descriptors)
+    gen = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 4, 19, 96, generator=gen).half()  # padded to 128: the dims past 96 masked
+    k, v = (torch.randn(2, 2, 23, 96, generator=gen).half() for _ in range(2))
+    mask = torch.rand(2, 1, 19, 23, generator=gen) > 0.3
+    grad = torch.randn(2, 4, 19, 96, generator=gen).half()
+
+    def gradients():
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        torch.manual_seed(3)
+        with kernels.sdpa_kernel(Backend.TRITON):
+            out = kernels.scaled_dot_product_attention(*leaves, mask, dropout_p=0.2, enable_gqa=True)
+        return (out, *torch.autograd.grad(out, leaves, grad))
+
+    parts = []
+    real = ops.dkdv_parts
+    monkeypatch.setattr(ops, "dkdv_parts", lambda *args: parts.append(real(*args)) or parts[-1])
+    split = gradients()
+    assert parts == [SPLIT]
+    monkeypatch.setattr(ops, "dkdv_parts", lambda *args: ONE)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), split, gradients(), strict=True):
+        assert a.abs().sum() > 0, name
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("descriptors", [True, False], ids=["descriptors", "pointers"])
