@@ -35,6 +35,8 @@ def test_large_shapes(dtype, head_dim, is_causal):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_masks_gqa_and_odd_lengths(dtype):
+    """Head dim 80 (padded to 128) with grouped heads and a mask: on sm_90 dK/dV runs as its dV and dK launches
+    (`tiles.groups_split`); against float64 and torch."""
     tensors = _cuda(random_qkv((3,), 8, 517, 1031, 80, kv_heads=2))
     keep = torch.rand(3, 1, 517, 1031, device="cuda") > 0.2
     compare_backend(Backend.TRITON, {**tensors, "attn_mask": keep}, dtype, enable_gqa=True)
