@@ -73,6 +73,7 @@ def kind_of(
 
 SPLIT_FEATURES = ("bool", "additive", "dropout", "varlen", "window", "gqa")  # a bool or additive mask tile, ...
 HALVES_KIND = "tile-halves"  # the row of dK/dV's half-head-dim launches (`split_kind`)
+MASKS = frozenset({"bool", "additive"})
 GROUPS_KIND = "tile-gqa-128"  # the row of dK/dV's dV and dK launches at head dim 128
 
 
@@ -105,9 +106,6 @@ def split_kind(
     return HALVES_KIND if halves_take(live) else None
 
 
-MASKS = frozenset({"bool", "additive"})
-
-
 def halves_take(live: frozenset[str]) -> bool:
     """Whether dK/dV's half-head-dim launches stay spill-free with ``wgmma`` with these features live (`split_kind`'s
     names): every combination of two or more that a call makes (a mask tensor never comes with variable length or
@@ -123,7 +121,7 @@ def groups_split(live: frozenset[str], block_d: int) -> bool:
     row kept spilled under triton 3.9 (8-100 B: that state on top of the loop over the group's heads) and the two
     launches, one accumulator each, compile spill-free under 3.6 and 3.9 (measured 2026-11-28). At 64 the one
     launch's tiles stay spill-free there: one launch (the split computes Q K^T twice)."""
-    return block_d == 128 and "gqa" in live and bool(live & (MASKS | {"dropout"}))
+    return block_d == 128 and _groups_with_more(live)
 
 
 def halves_on_pointers(
@@ -132,8 +130,13 @@ def halves_on_pointers(
     """Whether dK/dV's half-head-dim launches load through pointers even where the copy engine could serve: with
     grouped heads and a mask or dropout live, their dK half spills 4-176 B on the copy-engine path under triton 3.9
     (the descriptors' registers on top of the group's loop) and none on the pointer path, under 3.6 and 3.9
-    (2026-11-28). ``wgmma`` without the copy engine beats the one launch's 16-row ``mma.sync`` tiles."""
-    live = live_features(mask_kind, dropout, varlen, left_edge, grouped)
+    (2026-11-28): the only spill-free ``wgmma`` launches there. Whether they beat the one launch's 16-row
+    ``mma.sync`` tiles is for a card to say (with dropout the static profile counts more instructions for them)."""
+    return _groups_with_more(live_features(mask_kind, dropout, varlen, left_edge, grouped))
+
+
+def _groups_with_more(live: frozenset[str]) -> bool:
+    """Grouped heads with a mask or dropout: the state that spills dK/dV's wgmma tiles where the rules above say."""
     return "gqa" in live and bool(live & (MASKS | {"dropout"}))
 
 
