@@ -34,6 +34,16 @@ def test_head_dims(head_dim):
     compare_backend(Backend.TRITON, random_qkv((1,), 2, 19, 23, head_dim), dtype, is_causal=True)
 
 
+def _fused_step(attend, q, k, v, grad) -> tuple[torch.Tensor, ...]:
+    """``attend(q, k, v)`` on ``Backend.TRITON`` from fresh leaves and a fixed seed (the same dropout draws every
+    call): ``(out, dq, dk, dv)`` for the upstream gradient ``grad``."""
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    torch.manual_seed(3)
+    with kernels.sdpa_kernel(Backend.TRITON):
+        out = attend(*leaves)
+    return (out, *torch.autograd.grad(out, leaves, grad))
+
+
 ONE, SPLIT, HALVES = ((0, 0),), ((1, 0), (2, 0)), ((1, 1), (1, 2), (2, 1), (2, 2))  # dK/dV's (PART, HALF) launches
 
 
@@ -177,11 +187,9 @@ def test_grouped_heads_with_dropout_at_head_dim_128_run_dv_and_dk_apart(descript
     grad = torch.randn(2, 4, 19, 96, generator=gen).half()
 
     def gradients():
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        torch.manual_seed(3)
-        with kernels.sdpa_kernel(Backend.TRITON):
-            out = kernels.scaled_dot_product_attention(*leaves, mask, dropout_p=0.2, enable_gqa=True)
-        return (out, *torch.autograd.grad(out, leaves, grad))
+        return _fused_step(
+            lambda *qkv: kernels.scaled_dot_product_attention(*qkv, mask, dropout_p=0.2, enable_gqa=True), q, k, v, grad
+        )
 
     parts = []
     real = ops.dkdv_parts
@@ -230,11 +238,7 @@ def test_backward_in_two_launches_equals_one(case, descriptors, dkdv, monkeypatc
     grad = torch.randn(*q.shape[:-1], v.size(-1), generator=gen).half()
 
     def gradients():
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        torch.manual_seed(3)
-        with kernels.sdpa_kernel(Backend.TRITON):
-            out = attend(*leaves)
-        return (out, *torch.autograd.grad(out, leaves, grad))
+        return _fused_step(attend, q, k, v, grad)
 
     monkeypatch.setattr(ops, "dkdv_parts", lambda arch, D, DV, kind, *split: dkdv)  # forced: these cases have state
     monkeypatch.setattr(ops, "dq_parts", lambda arch, tma, D, kind: (1, 2))
