@@ -7,11 +7,12 @@ process with its own time budget, so a slow step cannot eat the others; what a s
 is kept. Everything goes to ``$OUT`` when set, else ``bench-results/gpu-check/``; a short summary table is printed
 last (only the end of the output may come back from a GPU machine).
 
-Steps: 1. the environment; 2. ``pytest -m cuda`` (JUnit XML); 3. variable length against padding; 4. the layers
-against ``torch.nn`` (fp16 autocast); 5. generation with and without key/value caches, and the decode kernel's
-bandwidth against the card's copy rate; 6. a short training run of the byte-level GPT, profiled; 7. the dK/dV kernel
-with each of its first tiles forced (does the static profile rank them as the GPU does?); 8. last, with all the time
-the others left (at least 2 minutes), the kernel sweep (``python -m kernels.bench --sweep``, ended cleanly by its
+Steps: 1. the environment; 2. ``pytest -m cuda`` (JUnit XML); 3. the host's time per attention call (forward +
+backward at a tiny size, every backend); 4. variable length against padding; 5. the layers against ``torch.nn``
+(fp16 autocast); 6. generation with and without key/value caches, and the decode kernel's bandwidth against the
+card's copy rate; 7. a short training run of the byte-level GPT, profiled; 8. the dK/dV kernel with each of its first
+tiles forced (does the static profile rank them as the GPU does?); 9. last, with all the time the others left (at
+least 2 minutes), the kernel sweep (``python -m kernels.bench --sweep``, ended cleanly by its
 ``--time-budget``).
 
 Without CUDA (or with ``--dry-run``) every step still runs, on tiny CPU sizes, and says which GPU-only parts it
@@ -158,6 +159,10 @@ def _summarise_varlen(out: pathlib.Path) -> dict:
     return _ms_by_name(out / "varlen" / "sdpa_nested.json")
 
 
+def _summarise_overhead(out: pathlib.Path) -> dict:
+    return _ms_by_name(out / "overhead" / "sdpa_backends.json")
+
+
 def _summarise_layers(out: pathlib.Path) -> dict:
     path = out / "layers" / "float16" / "layers.json"
     if not path.exists():
@@ -228,6 +233,11 @@ def steps(out: pathlib.Path) -> list[Step]:
     tiles = [py, "-m", "kernels.bench", "--tiles", "attn_bwd_dkdv", "--out-dir", str(out / "tiles")]
     tiles_gpu = "--dtype float16 --batch 4 --heads 16 --seq-len 4096 --head-dim 128 --rounds 2 --min-run-time 0.2"
     tiles_cpu = "--device cpu --batch 1 --heads 1 --seq-len 32 --head-dim 16 --rounds 1 --min-run-time 0.01"
+    # Host time per call: at a tiny size every variant's time is what the host spends launching it (measured
+    # 2026-11-28: TRITON's forward + backward ~2 ms a call, flat across L=1k shapes, against cuDNN's ~0.5 ms)
+    overhead = [py, "-m", "kernels.bench", "--train", "--out-dir", str(out / "overhead")]
+    overhead_gpu = "--dtype float16 --batch 1 --heads 2 --seq-len 128 --head-dim 64 --rounds 3 --min-run-time 0.1"
+    overhead_cpu = "--device cpu --batch 1 --heads 1 --seq-len 16 --head-dim 16 --rounds 1 --min-run-time 0.01"
     gpt = [py, "-m", "lightning_examples.short_run", "--out-dir", str(out / "gpt")]
     gpt_cpu = "--device cpu --steps 4 --block-size 32 --batch-size 4 --n-layer 1 --n-embd 48 --max-bytes 50000"
     # fp16 only (the GPT step trains in bf16), the four headline cases: each case compiles its own kernel variants
@@ -238,12 +248,19 @@ def steps(out: pathlib.Path) -> list[Step]:
     layers_cpu += " --min-run-time 0.01 --rounds 1 --cases train-dense train-padded"
     return [
         Step("environment", 15, [py, "-c", _env_script()], [py, "-c", _env_script()], _summarise_env),
-        Step("pytest -m cuda", 170, pytest_gpu, pytest, _summarise_pytest),
+        Step("pytest -m cuda", 195, pytest_gpu, pytest, _summarise_pytest),
+        Step(
+            "launch overhead",
+            20,
+            [*overhead, *overhead_gpu.split()],
+            [*overhead, *overhead_cpu.split()],
+            _summarise_overhead,
+        ),
         Step("variable length", 40, [*varlen, *varlen_gpu.split()], [*varlen, *varlen_cpu.split()], _summarise_varlen),
         Step("layers float16", 55, [*layers, *layers_gpu.split()], [*layers, *layers_cpu.split()], _summarise_layers),
         Step("decoding", 25, [*decode, *decode_gpu.split()], [*decode, *decode_cpu.split()], _summarise_decode),
-        Step("GPT training", 40, [*gpt, "--steps", "300"], [*gpt, *gpt_cpu.split()], _summarise_gpt),
-        Step("tile A/B", 45, [*tiles, *tiles_gpu.split()], [*tiles, *tiles_cpu.split()], _summarise_tiles),
+        Step("GPT training", 50, [*gpt, "--steps", "300"], [*gpt, *gpt_cpu.split()], _summarise_gpt),
+        Step("tile A/B", 35, [*tiles, *tiles_gpu.split()], [*tiles, *tiles_cpu.split()], _summarise_tiles),
         # last, with what the others left: the sweep ends itself cleanly at its --time-budget ({sweep_seconds})
         Step(
             "kernel sweep",

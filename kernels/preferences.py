@@ -3,10 +3,16 @@
 On CUDA the dispatcher tries ``TRITON`` first, except for the cases a kernel sweep (``python -m kernels.bench
 --sweep``) measured it slower than torch's best kernel on the same card: those cases are recorded in
 ``measured_order.json`` (next to this file, with the card, the date and the ratio), and for a call of the kind the
-sweep times (`measured_kind`: dense self-attention, no mask tensor, no dropout, as many key/value heads as query
-heads) in such a case ``TORCH`` goes first; `kernels.explain` says so with the measured reason. Other calls (nested
-inputs, masks, bands other than top-left causal, ...) keep ``TRITON`` first. A card or a case never measured keeps
-the default order.
+sweep times (`measured_kind`: dense self-attention, no mask tensor, as many key/value heads as query heads; with
+dropout or not) in such a case ``TORCH`` goes first; `kernels.explain` says so with the measured reason. Other calls
+(nested inputs, masks, bands other than top-left causal, ...) keep ``TRITON`` first. A card or a case never
+measured keeps the default order.
+
+Two extrapolations, both towards torch and both from measurements (docs/decisions.md): lengths below 1k take the
+1k measurement (on an H200 a TRITON forward + backward cost about 2 ms of host time at every 1k case, whatever the
+head dim or causality, so shorter calls lose more), and a call with dropout takes the measurement without it (the
+fused forward with dropout took 4.1x its time without, in a training layer on the same card, where torch's cuDNN
+kernel serves dropout).
 
 ``TORCH`` then runs the torch kernel the sweep measured fastest (`torch_priority`), not the one torch would pick:
 torch puts cuDNN after flash in its default order (pytorch#138522), and on an H200 cuDNN was 1.7x faster than torch's
@@ -43,9 +49,10 @@ SLOWER = 1.05  # TRITON time / torch's best above this (beyond noise): torch goe
 
 
 def _case(dtype: torch.dtype | str, head_dim: int, causal: bool, length: int) -> str:
-    """The key of a case: dtype, head-dim bucket (64 / 128 / 256), causal, length bucket (>= 1k, 4k, 16k)."""
+    """The key of a case: dtype, head-dim bucket (64 / 128 / 256), causal, length bucket (< 4k, 4k, 16k: the 1k
+    bucket holds shorter lengths too, see the module's docstring)."""
     bucket = next(b for b in (64, 128, 256, 1 << 30) if head_dim <= b)
-    span = next((n for n in (16384, 4096, 1024) if length >= n), 0)
+    span = next((n for n in (16384, 4096) if length >= n), 1024)
     return f"{str(dtype).removeprefix('torch.')}/d{bucket}/{'causal' if causal else 'full'}/L{span}"
 
 
@@ -73,10 +80,10 @@ def measured_kind(
     query: torch.Tensor, key: torch.Tensor | None, attn_mask: object, is_causal: bool, dropout_p: float = 0.0
 ) -> tuple[torch.dtype, int, bool, int] | None:
     """``(dtype, head dim, causal, length)`` for a call of the kind the sweep times (dense self-attention, as many
-    key/value heads as query heads, no mask tensor, no dropout; causal or not), else None: other calls keep the
-    default order, since torch serves them with other kernels than the one measured (a mask tensor: neither flash
-    nor cuDNN)."""
-    if query.is_nested or key is None or dropout_p:
+    key/value heads as query heads, no mask tensor; causal or not; dropout takes the measurement without it), else
+    None: other calls keep the default order, since torch serves them with other kernels than the one measured (a
+    mask tensor: neither flash nor cuDNN)."""
+    if query.is_nested or key is None:
         return None
     if key.size(-3) != query.size(-3) or key.size(-2) != query.size(-2):
         return None
@@ -195,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m kernels.preferences SWEEP.json", file=sys.stderr)
         return 2
     table = json.loads(FILE.read_text()) if FILE.exists() else {}
-    table.update(from_sweep(pathlib.Path(argv[0])))
+    for card, cases in from_sweep(pathlib.Path(argv[0])).items():  # a new measurement replaces its case only
+        table.setdefault(card, {}).update(cases)
     FILE.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
     print(f"wrote {FILE}: {sum(len(c) for c in table.values())} case(s) where TORCH goes first")
     return 0

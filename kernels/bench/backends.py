@@ -48,6 +48,7 @@ from tqdm import tqdm
 from ..backends import Backend, NoBackendAvailableError
 from ..masks import sliding_window
 from ..sdpa import scaled_dot_product_attention
+from ..varlen import varlen_attention
 from .common import (
     TRAIN_FLOPS_FACTOR,
     Case,
@@ -127,8 +128,13 @@ def nested_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dt
     unpadded = [torch.randn(args.batch, H, mean, E, device=device, dtype=dtype, requires_grad=args.train)
                 for _ in range(3)]  # fmt: skip
     no_padding = timed_step(scaled_dot_product_attention, unpadded, args.train, *unpadded, is_causal=args.causal)
+    # kernels.varlen_attention on the packed tensors themselves: the kernels without the nested tensor's plumbing
+    # (what torch's varlen_attn below is timed on)
+    cu = offsets.to(torch.int32)
+    packed_call = timed_step(varlen_attention, packed, args.train, *packed, cu, cu, is_causal=causal)
     cases = [
         Case("TRITON varlen", lambda: only(Backend.TRITON), ours),
+        Case("TRITON varlen_attention, packed", lambda: only(Backend.TRITON), packed_call),
         Case("TORCH on the nested tensor", lambda: only(Backend.TORCH), ours),
         Case(
             "torch's own nested SDPA",

@@ -175,4 +175,5 @@ def _load_half(Base, desc, r0, stride, n_rows, D, BLOCK_R: tl.constexpr, BLOCK_D
 def grid_blocks(tokens: int, batch: int, block: int, varlen: bool, length: int) -> int:
     """Programs along the row axis: ``cdiv(length, block)`` dense; ``cdiv(tokens, block) + batch`` packed
     (`_find_sequence`)."""
-    return triton.cdiv(tokens, block) + batch if varlen else triton.cdiv(length, block)
+    # plain arithmetic: the host calls this for every launch's grid (triton.cdiv is a constexpr function there)
+    return -(-tokens // block) + batch if varlen else -(-length // block)

@@ -17,6 +17,7 @@ top-left causal is ``(-1, 0)``; ``lower_right`` aligns the diagonal to the botto
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ import torch
 import triton
 
 from ..masks import band_of
+from . import launch as direct
 from .bwd import attn_bwd_dkdv, attn_bwd_dq, attn_bwd_preprocess
 from .common import grid_blocks
 from .decode import attn_decode_combine, attn_decode_split
@@ -36,11 +38,14 @@ from .tiles import (
     INTERPRET,
     PREPROCESS_BLOCK,
     block_dim,
+    cdiv,
+    chosen,
     device_arch,
     dq_halves,
     halves_on_pointers,
     kind_of,
     length_key,
+    next_pow2,
     split_kind,
     split_tiles,
     tuned,
@@ -66,7 +71,7 @@ def use_tma(*tensors: torch.Tensor) -> bool:
     if not DESCRIPTORS:
         return False
     device = tensors[0].device
-    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 9:
+    if device.type == "cuda" and device_arch(tensors[0]) < 90:
         return False
     if device.type != "cuda" and not INTERPRET:
         return False
@@ -174,18 +179,57 @@ KERNELS = {
 
 
 def _run(launch: Launch) -> None:
-    if launch.kwargs.get("USE_TMA"):
-        _ensure_allocator(launch.args[0].device)
+    """Launch: directly where the same launch ran before (`launch.launch`), else through the autotuner (skipping
+    its per-call bookkeeping where it chose a tile for this key before) or the JIT; either way as Triton would."""
+    args, kwargs = launch.args, launch.kwargs
+    if kwargs.get("USE_TMA"):
+        _ensure_allocator(args[0].device)
     kernel = KERNELS[launch.kernel]
     tuner = kernel if isinstance(kernel, triton.runtime.Autotuner) else None
-    known = len(tuner.cache) if tuner is not None else 0
+    config = chosen.get(tuning_key(launch)) if tuner is not None else None
+    if tuner is None or config is not None:
+        extra = config.all_kwargs() if config is not None else {}
+        if direct.launch(launch.kernel, launch.grid, args, kwargs, extra):
+            return
+        fn = tuner.fn if tuner is not None else kernel
+        compiled = fn.run(*args, grid=launch.grid, warmup=False, **kwargs, **extra)
+        direct.remember(launch.kernel, fn, compiled, args, kwargs, extra)
+        return
+    known = len(tuner.cache)
     start = time.perf_counter()
-    kernel[launch.grid](*launch.args, **launch.kwargs)
-    if tuner is not None and len(tuner.cache) > known:
+    tuner[launch.grid](*args, **kwargs)
+    if tuner.best_config.pre_hook is None:
+        chosen[tuning_key(launch)] = tuner.best_config
+    if len(tuner.cache) > known:
         # a new autotune key: its tiles were compiled (unless cached on disk) and timed, which takes seconds on a
         # GPU; said once per key, so a slow first step is explained
         log.info("%s: tuned for a new shape in %.1f s, chose %s", launch.kernel, time.perf_counter() - start,
                  tuner.best_config)  # fmt: skip
+
+
+@functools.cache
+def _key_positions(kernel: str, positional: int) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Where a kernel's autotune key values are in its launches (which pass the first ``positional`` parameters by
+    position, the constexprs by name): positional indices, and keyword names."""
+    tuner = KERNELS[kernel]
+    index = {name: i for i, name in enumerate(tuner.arg_names)}
+    return (
+        tuple(index[k] for k in tuner.keys if index[k] < positional),
+        tuple(k for k in tuner.keys if index[k] >= positional),
+    )
+
+
+def tuning_key(launch: Launch) -> tuple:
+    """What the autotuner keys this launch on (its key values, and every argument's dtype), as a hashable tuple:
+    the launches that share it share the tile the autotuner chose (`chosen`)."""
+    positions, names = _key_positions(launch.kernel, len(launch.args))
+    args, kwargs = launch.args, launch.kwargs
+    return (
+        launch.kernel,
+        tuple(args[i] for i in positions),
+        tuple(kwargs[k] for k in names),
+        tuple(getattr(a, "dtype", None) for a in args),
+    )
 
 
 def forward_launch(q, k, v, mask, seed, dropout_p, scale, left, right, lower_right, allow_tf32, layout, tma=None):
@@ -225,7 +269,7 @@ def backward_launches(
     bh = 1 if layout.varlen else layout.batch
     delta = torch.empty(layout.lse_shape(), device=q.device, dtype=torch.float32)
     pre = Launch(
-        "attn_bwd_preprocess", (triton.cdiv(rows, PREPROCESS_BLOCK), bh * H),
+        "attn_bwd_preprocess", (cdiv(rows, PREPROCESS_BLOCK), bh * H),
         (out, grad_out, delta, *layout.strides(out), *layout.strides(grad_out), H, rows, DV),
         {"BLOCK_M": PREPROCESS_BLOCK, "BLOCK_DV": block_dim(DV)},
     )  # fmt: skip
@@ -445,6 +489,62 @@ def _backward_varlen(ctx, grad_out, grad_lse):
 flash_attention_varlen_fwd.register_autograd(_backward_varlen, setup_context=_setup_varlen)
 
 
+class _Dense(torch.autograd.Function):
+    """``fusedlayers::flash_attention_fwd`` and its registered backward, for eager calls (`_eager`): the same
+    launches without the dispatcher's per-call work for a custom op with autograd (its argument handling alone
+    measured ~140 us a call on a 2-core CPU, torch 2.13), which a GPU step pays on the host for every layer."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, seed, *options):
+        out, lse = _forward(q, k, v, mask, seed, *options, _Layout(q, k))
+        ctx.save_for_backward(q, k, v, mask, seed, out, lse)
+        ctx.options = options
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, mask, seed, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(grad_out, q, k, v, mask, seed, out, lse, *ctx.options, _Layout(q, k))
+        return dq, dk, dv, *(None,) * (2 + len(ctx.options))
+
+
+class _Packed(torch.autograd.Function):
+    """``fusedlayers::flash_attention_varlen_fwd`` and its backward, for eager calls (as `_Dense`)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, seed, *options):
+        out, lse = _forward(q, k, v, None, seed, *options, _Layout(q, k, cu_q, cu_k))
+        ctx.save_for_backward(q, k, v, cu_q, cu_k, seed, out, lse)
+        ctx.options = options
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, cu_q, cu_k, seed, out, lse = ctx.saved_tensors
+        layout = _Layout(q, k, cu_q, cu_k)
+        dq, dk, dv = _backward(grad_out, q, k, v, None, seed, out, lse, *ctx.options, layout)
+        return dq, dk, dv, *(None,) * (3 + len(ctx.options))
+
+
+def _eager(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call may run `_Dense`/`_Packed` instead of the custom ops: plain tensors, and nothing that traces
+    or transforms them (``torch.compile``/``torch.export``, the TorchScript tracer, functorch transforms, a
+    dispatch mode such as fake tensors): those see the ops, as they always did."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active():
+        return False
+    if any(t is not None and type(t) is not torch.Tensor for t in tensors):
+        return False
+    return _current_dispatch_mode() is None
+
+
+def _current_dispatch_mode():
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode()
+
+
 def flash_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -471,7 +571,8 @@ def flash_attention(
         mask = attn_mask.expand(*batch_shape, q.size(1), q.size(2), k.size(2)) if attn_mask.dim() else attn_mask
         mask = mask.reshape(q.size(0), q.size(1), q.size(2), k.size(2))
     options = _scalar_options(query, dropout_p, is_causal, scale, window, lower_right)
-    out, _ = flash_attention_fwd(q, k, v, mask, *options)
+    op = _Dense.apply if _eager(q, k, v, mask) else flash_attention_fwd
+    out, _ = op(q, k, v, mask, *options)
     return out.reshape(*query.shape[:-1], value.size(-1))
 
 
@@ -497,7 +598,8 @@ def flash_attention_varlen(
         window, lower_right = band.window(), band.lower_right
     cu_q, cu_k = (c.to(device=query.device, dtype=torch.int32) for c in (cu_seqlens_q, cu_seqlens_k))
     options = _scalar_options(query, dropout_p, is_causal, scale, window, lower_right)
-    out, _ = flash_attention_varlen_fwd(query, key, value, cu_q, cu_k, *options)
+    op = _Packed.apply if _eager(query, key, value, cu_q, cu_k) else flash_attention_varlen_fwd
+    out, _ = op(query, key, value, cu_q, cu_k, *options)
     return out
 
 
@@ -540,8 +642,8 @@ def decode_launches(q, k_cache, v_cache, lengths, scale: float, allow_tf32: bool
     B, H, T, D = q.shape
     Hk, max_len, DV = k_cache.size(1), k_cache.size(2), v_cache.size(-1)
     group = H // Hk
-    block_m = max(16, triton.next_power_of_2(T * group))
-    splits = max(1, triton.cdiv(max_len, DECODE_SPLIT))
+    block_m = max(16, next_pow2(T * group))
+    splits = max(1, cdiv(max_len, DECODE_SPLIT))
     acc = torch.empty(B * Hk, splits, block_m, block_dim(DV), device=q.device, dtype=torch.float32)
     m = torch.empty(B * Hk, splits, block_m, device=q.device, dtype=torch.float32)
     l_sum = torch.empty_like(m)

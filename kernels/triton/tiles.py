@@ -14,13 +14,14 @@ crosses a power of two, and the timings are cached on disk across processes (``c
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 
 import torch
 import triton
 
-from . import spill_free
+from . import launch, spill_free
 
 Tile = spill_free.Tile
 
@@ -44,19 +45,35 @@ CONFIGS: dict[str, list[Tile]] = {
 }  # fmt: skip
 INTERPRETER_TILE: Tile = (32, 32, 4, 1)  # the interpreter cannot benchmark: one tile (TRITON-NOTES.md)
 PREPROCESS_BLOCK = 32
-AUTOTUNE_KEY = ["L_KEY", "S_KEY", "D", "DV", "HAS_LEFT", "HAS_RIGHT", "MASK_KIND", "HAS_DROPOUT", "VARLEN", "USE_TMA"]
+# Everything the prune decides on is in the key (GROUP: grouped heads change dK/dV's kind), so a cached choice is
+# never reused for a launch the prune would have given other tiles.
+AUTOTUNE_KEY = [
+    "L_KEY", "S_KEY", "D", "DV", "GROUP", "HAS_LEFT", "HAS_RIGHT", "MASK_KIND", "HAS_DROPOUT", "VARLEN", "USE_TMA",
+]  # fmt: skip
 
 SPILL_FREE = spill_free.for_version(triton.__version__)  # see spill_free.py
+DQ_HALVES = spill_free.dq_halves_for(triton.__version__)
+
+
+# The host computes these on every launch: plain integer arithmetic, since triton's own `next_power_of_2` and
+# `cdiv` are constexpr functions under triton 3.9 (several microseconds a call through their wrapper).
+def next_pow2(n: int) -> int:
+    """The least power of two >= ``n`` (1 for ``n <= 1``)."""
+    return 1 << (max(1, int(n)) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def length_key(n: int) -> int:
     """The autotuner's bucket of a length: the next power of two, at least 128."""
-    return max(128, triton.next_power_of_2(max(1, int(n))))
+    return max(128, next_pow2(n))
 
 
 def block_dim(dim: int) -> int:
     """The padded head dim: a power of two, at least 16 (``tl.dot`` needs K >= 16)."""
-    return max(16, triton.next_power_of_2(dim))
+    return max(16, next_pow2(dim))
 
 
 def kind_of(
@@ -164,7 +181,15 @@ def bucket_of(block_d: int) -> int:
 def device_arch(t: torch.Tensor) -> int:
     """The compute capability kernels for ``t`` are compiled for, as ``10 * major + minor`` (90 for CPU tensors:
     the interpreter, and the offline check's example launches)."""
-    major, minor = torch.cuda.get_device_capability(t.device) if t.device.type == "cuda" else (9, 0)
+    if t.device.type != "cuda":
+        return 90
+    index = t.device.index
+    return _capability(torch.cuda.current_device() if index is None else index)
+
+
+@functools.cache
+def _capability(index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(index)  # a device query: asked once per device
     return 10 * major + minor
 
 
@@ -181,12 +206,14 @@ def kept_tiles(kernel: str, arch: int, use_tma: bool, block_d: int, kind: str) -
 def dq_halves(arch: int, use_tma: bool, block_d: int, kind: str) -> bool:
     """Whether dQ runs as two launches, each over half of the head dim (`attn_bwd_dq`): where the installed
     Triton keeps no spill-free ``wgmma`` tile for the whole head dim (`spill_free.dq_halves_for`)."""
-    row = (arch_of(arch), "tma" if use_tma else "ptr", bucket_of(block_d), kind)
-    return row in spill_free.dq_halves_for(triton.__version__)
+    return (arch_of(arch), "tma" if use_tma else "ptr", bucket_of(block_d), kind) in DQ_HALVES
 
 
 _forced: dict[str, Tile] = {}
 _tuners: dict[str, triton.runtime.Autotuner] = {}
+# The autotuner's choice per key (`ops.tuning_key`), kept by the launchers so that a launch whose key is tuned
+# skips the autotuner's own per-call bookkeeping; forgotten with the autotuner's (`_forget`).
+chosen: dict[tuple, triton.Config] = {}
 
 
 @contextlib.contextmanager
@@ -213,6 +240,9 @@ def _forget(kernel: str) -> None:
     yet, where the kernels have not been imported: nothing to forget)."""
     if kernel in _tuners:
         _tuners[kernel].cache.clear()
+    for key in [k for k in chosen if k[0] == kernel]:
+        del chosen[key]
+    launch.forget(kernel)
 
 
 def _tile(config: triton.Config) -> Tile:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from attention_checks import compare_backend, compare_band, random_qkv
+from attention_checks import LIMIT, compare_backend, compare_band, forward_backward, max_error, random_qkv
 
 import kernels
 from kernels import Backend, sliding_window
@@ -184,7 +184,20 @@ def test_rows_with_nothing_to_attend_on_torch_cuda():
     tensors = _cuda(random_qkv((2,), 4, 64, 96, 64))
     keep = torch.rand(2, 1, 64, 96, device="cuda") > 0.5
     keep[:, :, 5] = False
-    compare_backend(Backend.TORCH, {**tensors, "attn_mask": keep}, torch.float16)
+    tensors = {**tensors, "attn_mask": keep}
+    grad_out = torch.randn(2, 4, 64, 64, dtype=torch.float64, device="cuda")
+    with kernels.sdpa_kernel([Backend.TORCH]):
+        ours = forward_backward(kernels.scaled_dot_product_attention, tensors, grad_out, torch.float16)
+    ref = forward_backward(attention_reference, tensors, grad_out, torch.float64)
+    # torch's own CUDA kernels give the empty row a finite non-zero output (measured on an H200, torch 2.11: 0.58
+    # away from the reference's 0), so `compare_backend`'s "within 2x torch's error" does not apply: each result is
+    # held to the float16 limit against float64 directly, and the empty row is exactly 0.
+    assert torch.equal(ours["out"][:, :, 5], torch.zeros_like(ours["out"][:, :, 5]))
+    for name, r in ref.items():
+        assert torch.isfinite(ours[name]).all(), f"{name} has NaN/inf"
+        magnitude = max(1.0, r.abs().max().item())
+        err = max_error(ours[name], r)
+        assert err <= LIMIT[torch.float16] * magnitude, f"{name}: error {err:.3g} against float64"
 
 
 def test_compiled_layer_does_not_recompile_across_lengths_and_varlen_step_does_not_sync():

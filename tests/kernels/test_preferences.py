@@ -98,8 +98,9 @@ def test_cpu_calls_run_torch_without_a_priority_block():
 
 
 def test_only_calls_of_the_measured_kind_follow_the_measurement():
-    """The sweep times dense self-attention without a mask tensor, dropout or grouped heads: torch serves other
-    calls with other kernels (a mask: neither flash nor cuDNN), so they keep the default order."""
+    """The sweep times dense self-attention without a mask tensor or grouped heads: torch serves other calls with
+    other kernels (a mask: neither flash nor cuDNN), so they keep the default order. Dropout takes the measurement
+    without it (torch's flash and cuDNN kernels serve it; the fused kernels' dropout was measured slower still)."""
     from torch.nn.attention.bias import causal_upper_left
 
     from kernels import sliding_window
@@ -111,7 +112,34 @@ def test_only_calls_of_the_measured_kind_follow_the_measurement():
     assert preferences.measured_kind(q, q, upper_left, False) == (torch.float32, 16, True, 64)
     assert preferences.measured_kind(q, q, torch.ones(64, 64, dtype=torch.bool), False) is None  # a mask tensor
     assert preferences.measured_kind(q, q, sliding_window(64, 64, 8), False) is None  # a band torch lacks
-    assert preferences.measured_kind(q, q, None, False, dropout_p=0.1) is None
+    assert preferences.measured_kind(q, q, None, False, dropout_p=0.1) == (torch.float32, 16, False, 64)
     assert preferences.measured_kind(q, q[:, :2], None, False) is None  # grouped heads
     assert preferences.measured_kind(q, q[:, :, :32], None, False) is None  # cross-attention, L != S
     assert preferences.measured_kind(q, None, None, False) is None
+
+
+def test_lengths_below_1k_take_the_1k_measurement():
+    """On a measured card, TRITON's forward + backward cost about the same host time at every 1k case: shorter
+    calls lose more, so they follow the 1k measurement (docs/decisions.md); 4k and 16k keep their own."""
+    table = {"NVIDIA H200": {"float16/d64/full/L1024": {"ratio": 3.07, "torch_kernel": "cuDNN", "pass": "fwd+bwd",
+                                                        "date": "2026-11-28"}}}  # fmt: skip
+    for length in (1, 77, 512, 1024, 4095):
+        assert "3.07x" in preferences.measured_reason(table, "NVIDIA H200", torch.float16, 64, False, length)
+    assert preferences.measured_reason(table, "NVIDIA H200", torch.float16, 64, False, 4096) is None
+
+
+def test_a_new_sweep_replaces_only_the_cases_it_measured(tmp_path, monkeypatch):
+    """``python -m kernels.preferences SWEEP.json`` updates the cases the sweep measured and keeps the others (a
+    sweep of 1k and 4k keeps an earlier 16k measurement)."""
+    file = tmp_path / "measured_order.json"
+    old = {"ratio": 1.4, "torch_kernel": "cuDNN", "pass": "fwd and bwd", "date": "2026-11-27"}
+    file.write_text(json.dumps({"NVIDIA H200": {"float16/d128/full/L16384": old, "float16/d128/full/L4096": old}}))
+    monkeypatch.setattr(preferences, "FILE", file)
+    points = [sweep_point("TRITON", 1.5), sweep_point("torch cuDNN", 1.0)]
+    sweep = tmp_path / "kernels_sweep.json"
+    sweep.write_text(json.dumps({"device": "NVIDIA H200", "date": "2026-11-28", "points": points}))
+    assert preferences.main([str(sweep)]) == 0
+    cases = json.loads(file.read_text())["NVIDIA H200"]
+    assert cases["float16/d128/full/L16384"] == old
+    assert cases["float16/d128/full/L4096"] == {"ratio": 1.5, "torch_kernel": "cuDNN", "pass": "fwd+bwd",
+                                                "date": "2026-11-28"}  # fmt: skip

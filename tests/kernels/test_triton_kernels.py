@@ -380,27 +380,99 @@ def test_fused_decoding_runs_kernels_only():
     torch.testing.assert_close(out, ops.decode_attention_op(q, kc, vc, lengths, 32**-0.5, False), rtol=0, atol=0)
 
 
-def test_a_new_autotune_key_is_logged_once(monkeypatch, caplog):
-    """A first call that tunes (seconds of compiling and timing tiles on a GPU) says so through logging, once per
-    key; calls that reuse the choice log nothing. (Under the interpreter there is one tile and no tuning: a stand-in
-    autotuner records a key the way Triton's does.)"""
-    import logging
-
+@pytest.fixture
+def stand_in_tuner(monkeypatch):
+    """A stand-in for the forward's autotuner that records a key the way Triton's does (under the interpreter there
+    is one tile and no tuning), with the launchers' memory of its choices emptied for the test and restored after.
+    Yields ``(tuner, calls)``: ``calls`` lists ``("tuner", key)`` for a launch through the autotuner and
+    ``("kernel", key)`` for one straight to the kernel."""
     import triton
+
+    from kernels.triton import ops, tiles
+
+    calls = []
+
+    class Kernel:
+        def run(self, *args, grid, warmup, key, **config):
+            calls.append(("kernel", key))
+
+    class StandIn(triton.runtime.Autotuner):
+        def __init__(self):  # no kernel behind it: the cache, the key and the launch
+            self.cache, self.fn, self.arg_names, self.keys = {}, Kernel(), ["X", "key"], ["key"]
+            self.best_config = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8)
+
+        def __getitem__(self, grid):
+            def launch(*args, key):
+                calls.append(("tuner", key))
+                self.cache.setdefault(key, self.best_config)
+
+            return launch
+
+    saved = dict(tiles.chosen)
+    tiles.chosen.clear()
+    ops._key_positions.cache_clear()
+    monkeypatch.setitem(ops.KERNELS, "attn_fwd", StandIn())
+    yield ops.KERNELS["attn_fwd"], calls
+    ops._key_positions.cache_clear()
+    tiles.chosen.clear()
+    tiles.chosen.update(saved)
+
+
+def test_a_new_autotune_key_is_logged_once(stand_in_tuner, caplog):
+    """A first call that tunes (seconds of compiling and timing tiles on a GPU) says so through logging, once per
+    key; calls that reuse the choice log nothing."""
+    import logging
 
     from kernels.triton import ops
 
-    class StandIn(triton.runtime.Autotuner):
-        def __init__(self):  # no kernel behind it: only the cache and the launch
-            self.cache, self.best_config = {}, "BLOCK_M: 128, BLOCK_N: 64, num_warps: 8"
-
-        def __getitem__(self, grid):
-            return lambda *args, key: self.cache.setdefault(key, self.best_config)
-
-    monkeypatch.setitem(ops.KERNELS, "attn_fwd", StandIn())
     with caplog.at_level(logging.INFO, logger="kernels.triton.ops"):
         for key in ("L=1024", "L=1024", "L=4096"):
             ops._run(ops.Launch("attn_fwd", (1,), (torch.empty(1),), {"key": key}))
     messages = [r.getMessage() for r in caplog.records if r.name == "kernels.triton.ops"]
     assert len(messages) == 2
     assert all(m.startswith("attn_fwd: tuned for a new shape in ") and "BLOCK_M: 128" in m for m in messages)
+
+
+def test_a_tuned_key_launches_the_kernel_directly(stand_in_tuner):
+    """Once the autotuner chose a tile for a key, launches with that key go straight to the kernel with that tile
+    (the autotuner's per-call bookkeeping costs tens of microseconds of host time); a new key, or a forced tile
+    (`tiles.forced` forgets the choices), goes through the autotuner again."""
+    from kernels.triton import ops, tiles
+
+    _, calls = stand_in_tuner
+    launch = {key: ops.Launch("attn_fwd", (1,), (torch.empty(1),), {"key": key}) for key in ("a", "b")}
+    for key in ("a", "a", "a", "b", "b"):
+        ops._run(launch[key])
+    assert calls == [("tuner", "a"), ("kernel", "a"), ("kernel", "a"), ("tuner", "b"), ("kernel", "b")]
+    assert tiles.chosen[ops.tuning_key(launch["a"])].kwargs == {"BLOCK_M": 128, "BLOCK_N": 64}
+    with tiles.forced("attn_fwd", tiles.CONFIGS["attn_fwd"][0]):
+        ops._run(launch["a"])
+    assert calls[-1] == ("tuner", "a")
+
+
+def test_the_launchers_key_holds_what_the_autotuner_keys_on():
+    """`ops.tuning_key` is the autotuner's key (its key values by name, and every argument's dtype), read from the
+    launch's positions: two launches that the autotuner tells apart (here: grouped heads, which change dK/dV's
+    tiles, and the dtype) differ in it; two it does not (another batch size, other strides) share it."""
+    from kernels.triton import ops, tiles
+
+    def launch(batch=2, heads=4, kv_heads=4, dtype=torch.float32, transpose=False):
+        q = torch.randn(batch, heads, 40, 32, dtype=dtype)
+        kv = torch.randn(batch, kv_heads, 40, 32, dtype=dtype)
+        if transpose:
+            q = q.transpose(1, 2).contiguous().transpose(1, 2)
+        launches, *_ = ops.backward_launches(q, q, kv, kv, None, None, q, torch.empty(batch * heads, 40), 0.0, 0.2,
+                                             -1, -1, False, False, ops._Layout(q, kv), tma=False, arch=90)  # fmt: skip
+        return next(x for x in launches if x.kernel == "attn_bwd_dkdv")
+
+    base = launch()
+    tuner = ops.KERNELS["attn_bwd_dkdv"]
+    named = {**dict(zip(tuner.arg_names, base.args, strict=False)), **base.kwargs}
+    assert "GROUP" in tiles.AUTOTUNE_KEY
+    assert ops.tuning_key(base)[1:3] == (
+        tuple(named[k] for k in tuner.keys if k in dict(zip(tuner.arg_names, base.args, strict=False))),
+        tuple(base.kwargs[k] for k in tuner.keys if k in base.kwargs),
+    )
+    assert ops.tuning_key(base) == ops.tuning_key(launch(batch=3)) == ops.tuning_key(launch(transpose=True))
+    assert ops.tuning_key(base) != ops.tuning_key(launch(kv_heads=2))
+    assert ops.tuning_key(base) != ops.tuning_key(launch(dtype=torch.float16))
