@@ -26,6 +26,8 @@ from .common import (
     _band,
     _col_bounds,
     _descriptor,
+    _dropout_keep,
+    _dropout_keep_t,
     _find_sequence,
     _half_descriptor,
     _load_half,
@@ -58,8 +60,8 @@ def attn_bwd_preprocess(
 
 @triton.jit
 def _dkdv_block(
-    dk, dv, k, v, Q, DO, q_desc, do_desc, qh_desc, mask_cols, Lse, Delta, seed, start_m, cols, drop_base, L, S, D,
-    DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p,
+    dk, dv, k, v, Q, DO, q_desc, do_desc, qh_desc, mask_cols, Lse, Delta, seed, start_m, cols, quads, drop_base, L, S,
+    D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p,
     MASKED: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_DROPOUT: tl.constexpr, USE_TMA: tl.constexpr, EVEN_D: tl.constexpr, PRECISION: tl.constexpr,
     PART: tl.constexpr, HALF: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -89,8 +91,8 @@ def _dkdv_block(
         do = _load_rows(DO, do_desc, start_m, stride_dom, L, DV, BLOCK_M, BLOCK_DV, USE_TMA, MASKED, EVEN_D)
     if PART != 1:
         dp = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (BLOCK_N, BLOCK_M)
-    if HAS_DROPOUT:
-        keep = tl.rand(seed, drop_base + rows[None, :] * S + cols[:, None]) >= dropout_p
+    if HAS_DROPOUT:  # the forward's (BLOCK_M, BLOCK_N) mask, transposed to these tiles
+        keep = _dropout_keep_t(seed, drop_base, rows, quads, S, dropout_p, BLOCK_M, quads.shape[0] * 4)
     if PART != 2:
         if HAS_DROPOUT:
             pz = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
@@ -150,6 +152,7 @@ def attn_bwd_dkdv(
     DK += b64 * stride_dkb + h_kv * stride_dkh + k_start * stride_dkn
     DVout += b64 * stride_dvb + h_kv * stride_dvh + k_start * stride_dvn
     cols = n0 + tl.arange(0, BLOCK_N)
+    quads = n0 // 4 + tl.arange(0, BLOCK_N // 4)  # dropout: one Philox call per four keys (`_dropout_keep`)
     k_desc = _descriptor(K, S, D, stride_kn, BLOCK_N, BLOCK_D, USE_TMA)
     k = _load_rows(K, k_desc, n0, stride_kn, S, D, BLOCK_N, BLOCK_D, USE_TMA, True, EVEN_D)
     if PART != 1:
@@ -192,22 +195,22 @@ def attn_bwd_dkdv(
             for start_m in range(lo, mid_lo, BLOCK_M):
                 dk, dv = _dkdv_block(
                     dk, dv, k, v, Qh, DOh, q_desc, do_desc, qh_desc, mask_cols, lse_h, delta_h, seed, start_m, cols,
-                    drop_base, L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p,
-                    True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART, HALF,
-                    BLOCK_M, BLOCK_D, BLOCK_DV,
+                    quads, drop_base, L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right,
+                    dropout_p, True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART,
+                    HALF, BLOCK_M, BLOCK_D, BLOCK_DV,
                 )  # fmt: skip
         for start_m in range(mid_lo, mid_hi, BLOCK_M):  # whole blocks: no mask
             dk, dv = _dkdv_block(
                 dk, dv, k, v, Qh, DOh, q_desc, do_desc, qh_desc, mask_cols, lse_h, delta_h, seed, start_m, cols,
-                drop_base, L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p,
-                False, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART, HALF,
+                quads, drop_base, L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right,
+                dropout_p, False, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART, HALF,
                 BLOCK_M, BLOCK_D, BLOCK_DV,
             )  # fmt: skip
         for start_m in range(mid_hi, hi, BLOCK_M):  # the window's left edge, the last partial block
             dk, dv = _dkdv_block(
                 dk, dv, k, v, Qh, DOh, q_desc, do_desc, qh_desc, mask_cols, lse_h, delta_h, seed, start_m, cols,
-                drop_base, L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right, dropout_p,
-                True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART, HALF,
+                quads, drop_base, L, S, D, DV, qk_scale, stride_qm, stride_dom, stride_mm, shift, left, right,
+                dropout_p, True, HAS_LEFT, HAS_RIGHT, MASK_KIND, HAS_DROPOUT, USE_TMA, EVEN_D, PRECISION, PART, HALF,
                 BLOCK_M, BLOCK_D, BLOCK_DV,
             )  # fmt: skip
 
@@ -254,7 +257,8 @@ def _dq_block(
     v = _load_rows(V, v_desc, start_n, stride_vn, S, DV, BLOCK_N, BLOCK_DV, USE_TMA, MASKED, EVEN_D)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
     if HAS_DROPOUT:
-        keep = tl.rand(seed, drop_base + rows[:, None] * S + cols[None, :]) >= dropout_p
+        keep = _dropout_keep(seed, drop_base, rows, start_n // 4 + tl.arange(0, BLOCK_N // 4), S, dropout_p,
+                             rows.shape[0], BLOCK_N)  # fmt: skip
         dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
     ds = p * (dp - delta[:, None])
     if HALF != 0:  # dQ[:, half] = dS K[:, half]: the key block's columns of this half

@@ -177,3 +177,30 @@ def grid_blocks(tokens: int, batch: int, block: int, varlen: bool, length: int) 
     (`_find_sequence`)."""
     # plain arithmetic: the host calls this for every launch's grid (triton.cdiv is a constexpr function there)
     return -(-tokens // block) + batch if varlen else -(-length // block)
+
+
+@triton.jit
+def _dropout_keep(seed, drop_base, rows, quads, S, dropout_p, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Dropout's keep mask over query rows ``rows`` x the key columns of ``quads`` (``quads[j]`` covers columns
+    ``4 quads[j] .. 4 quads[j] + 3``): ``(BLOCK_R, BLOCK_C)``, an element kept with probability ``1 - dropout_p``.
+
+    One Philox call makes four 32-bit numbers, so it serves four neighbouring keys: the counter of query ``i`` and
+    key ``j`` is ``drop_base + i * cdiv(S, 4) + j // 4`` and ``j % 4`` picks the number. Every kernel draws a key
+    block's mask this way (dK/dV its transpose, `_dropout_keep_t`), so the backward sees the forward's mask; a
+    quarter of the Philox rounds of one call per element (interleaving the four costs a register shuffle)."""
+    counters = drop_base + rows[:, None] * ((S + 3) // 4) + quads[None, :]  # (BLOCK_R, BLOCK_C // 4)
+    r0, r1, r2, r3 = tl.randint4x(seed, counters)
+    # interleave: element 4 q + l of a row is r_l at q (join's new axis is the last: (.., q, a, b) -> r_{2a + b})
+    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_R, BLOCK_C))
+    return tl.uint_to_uniform_float(r) >= dropout_p
+
+
+@triton.jit
+def _dropout_keep_t(seed, drop_base, rows, quads, S, dropout_p, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """`_dropout_keep`'s mask transposed: ``(BLOCK_C, BLOCK_R)``, keys down, queries across (dK/dV's tiles). Drawn
+    in that orientation rather than through ``tl.trans``: under triton 3.9 the transpose spilled a dK/dV tile that
+    this does not (packed sequences + window + dropout + grouped heads, sm_80, 16x64: 40 B)."""
+    counters = drop_base + rows[None, :] * ((S + 3) // 4) + quads[:, None]  # (BLOCK_C // 4, BLOCK_R)
+    r0, r1, r2, r3 = tl.randint4x(seed, counters)
+    r = tl.permute(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (0, 2, 3, 1))  # (.., a, b, row): key 4 q + 2 a + b
+    return tl.uint_to_uniform_float(tl.reshape(r, (BLOCK_C, BLOCK_R))) >= dropout_p

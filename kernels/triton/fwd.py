@@ -17,8 +17,9 @@ The key blocks a query block visits come from the band (`common._col_bounds`): w
 without any mask, the edge blocks with it. Loads go through tensor descriptors (``USE_TMA``: the copy engine,
 zero-filled outside the sequence) or plain pointers; the last dimension is contiguous (the launcher ensures
 it), every other dimension is read through its stride, so transposed inputs need no copy. Dropout keeps an
-element with probability 1 - p from Philox ``tl.rand(seed, offset)``, offset = (batch x head) * 2^32 + row * S
-+ column: the backward pass regenerates the same mask. Causal blocks run longest first.
+element with probability 1 - p from Philox (`common._dropout_keep`: one call for four neighbouring keys, counter
+(batch x head) * 2^32 + row * cdiv(S, 4) + column // 4): the backward pass regenerates the same mask. Causal blocks
+run longest first.
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LOG2E, _band, _col_bounds, _descriptor, _find_sequence, _load_rows, _mask_tile, _store_rows
+from .common import (
+    LOG2E,
+    _band,
+    _col_bounds,
+    _descriptor,
+    _dropout_keep,
+    _find_sequence,
+    _load_rows,
+    _mask_tile,
+    _store_rows,
+)  # fmt: skip
 
 
 @triton.jit
@@ -53,8 +64,9 @@ def _fwd_block(
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     if HAS_DROPOUT:
-        offsets = drop_base + rows[:, None] * S + cols[None, :]
-        p = tl.where(tl.rand(seed, offsets) >= dropout_p, p * (1.0 / (1.0 - dropout_p)), 0.0)
+        keep = _dropout_keep(seed, drop_base, rows, start_n // 4 + tl.arange(0, BLOCK_N // 4), S, dropout_p,
+                             rows.shape[0], BLOCK_N)  # fmt: skip
+        p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)
     v = _load_rows(V, v_desc, start_n, stride_vn, S, DV, BLOCK_N, BLOCK_DV, USE_TMA, MASKED, EVEN_D)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
     return acc, l_i, m_new

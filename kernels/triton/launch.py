@@ -8,8 +8,9 @@ fused forward took ~0.7 ms of host time against 44 us on the device, and at L=1k
 
 `launch` does what ``JITFunction.run`` does for a launch it has compiled before, the way torch inductor's launchers
 do: it keys the launch on every fact Triton specialises on (`arg_key`: each tensor's dtype and 16-byte alignment,
-each integer's being 1, a multiple of 16, or past 32 bits; the constexprs; the tile; the device), and calls that
-compiled kernel's launcher with the same arguments ``JITFunction.run`` passes it. A launch with a new key goes through
+each integer's being 1, a multiple of 16, or past 32 bits; the constexprs; the tile; the device), and launches that
+compiled kernel (``compiled[grid](*args)``, Triton's own launch of a compiled kernel) with the same arguments
+``JITFunction.run`` passes it. A launch with a new key goes through
 Triton (`remember` then records it); `remember` first checks that the arguments it will pass equal those Triton's own
 binder produces for that launch, and where they do not (another Triton's internals), or where a direct launch
 raises, the direct path is switched off for that kernel with a warning. ``FUSEDLAYERS_DIRECT_LAUNCH=0`` switches it
@@ -68,34 +69,21 @@ def _device() -> int:
     return driver.active.get_current_device()
 
 
-def _stream(device: int) -> int:
-    from triton.runtime.driver import driver
-
-    return driver.active.get_current_stream(device)
-
-
 def launch(kernel: str, grid: Callable | tuple, args: tuple, kwargs: dict, config: dict) -> bool:
     """Launch ``kernel`` directly if a launch with the same key ran before (`remember`); False where it did not, or
     where the direct path is off (the caller then launches through Triton)."""
     if not ENABLED or kernel in _off or not _on_gpu(args):
         return False
-    from triton import knobs
-
-    device = _device()
-    entry = _compiled.get(key(kernel, device, args, kwargs, config))
+    entry = _compiled.get(key(kernel, _device(), args, kwargs, config))
     if entry is None:
         return False
     compiled, names = entry
     named, values = _values(names, args, kwargs, config)
     grid = grid(named) if callable(grid) else grid
-    stream = _stream(device)
+    grid = (*grid, 1, 1)[:3]
     try:
-        metadata = compiled.launch_metadata(grid, stream, *values)
-        compiled.run(
-            grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream, compiled.function,
-            compiled.packed_metadata, metadata, knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook,
-            *values,
-        )  # fmt: skip
+        # the compiled kernel's own launch (what JITFunction.run ends with): the current stream, the launch hooks
+        compiled[grid](*values)
     except (TypeError, ValueError, AttributeError, IndexError) as err:  # the launcher refused the arguments
         _switch_off(kernel, err)
         return False
@@ -117,10 +105,10 @@ def remember(kernel: str, fn, compiled, args: tuple, kwargs: dict, config: dict)
         theirs = list(bound.values())
         if len(theirs) != len(values) or any(a is not b and a != b for a, b in zip(values, theirs, strict=True)):
             raise ValueError("the arguments differ from those Triton's binder produces")
-        if not callable(getattr(compiled, "run", None)) or not hasattr(compiled, "packed_metadata"):
-            raise AttributeError("the compiled kernel has no launcher of the expected form")
-    except (TypeError, ValueError, AttributeError, IndexError, KeyError) as err:
-        _switch_off(kernel, err)
+        if not hasattr(compiled, "__getitem__"):
+            raise AttributeError("the compiled kernel cannot be launched as compiled[grid](*args)")
+    except (TypeError, ValueError, AttributeError, IndexError, KeyError, RuntimeError) as err:
+        _switch_off(kernel, err)  # RuntimeError: e.g. comparing two distinct tensors
         return
     _compiled[key(kernel, device, args, kwargs, config)] = (compiled, names)
 

@@ -74,20 +74,18 @@ def test_arg_key_classes():
 
 
 class _Compiled:
-    """A stand-in compiled kernel: records what its launcher is called with."""
-
-    function, packed_metadata = "function", "metadata"
+    """A stand-in compiled kernel: records the launches made through ``compiled[grid](*args)``."""
 
     def __init__(self, calls, refuse=False):
         self.calls, self.refuse = calls, refuse
 
-    def launch_metadata(self, grid, stream, *values):
-        return ("launch metadata", grid, stream)
+    def __getitem__(self, grid):
+        def runner(*args):
+            if self.refuse:
+                raise TypeError("function takes 12 positional arguments")
+            self.calls.append((grid, args))
 
-    def run(self, *args):
-        if self.refuse:
-            raise TypeError("function takes 12 positional arguments")
-        self.calls.append(args)
+        return runner
 
 
 class _Fn:
@@ -106,7 +104,6 @@ class _Fn:
 def gpu_stand_in(monkeypatch):
     monkeypatch.setattr(launch, "_on_gpu", lambda args: True)
     monkeypatch.setattr(launch, "_device", lambda: 0)
-    monkeypatch.setattr(launch, "_stream", lambda device: 7)
     monkeypatch.setattr(launch, "_compiled", {})
     monkeypatch.setattr(launch, "_off", set())
     monkeypatch.setattr(launch, "ENABLED", True)
@@ -120,10 +117,7 @@ def test_a_launch_that_ran_before_goes_to_its_compiled_kernel(gpu_stand_in):
     launch.remember("k", _Fn(), _Compiled(calls), args, kwargs, config)
     grid = lambda meta: (meta["n"] // meta["BLOCK"], 2)  # noqa: E731 - as the launchers' grids read meta-parameters
     assert launch.launch("k", grid, args, kwargs, config)
-    from triton import knobs
-
-    hooks = (knobs.runtime.launch_enter_hook, knobs.runtime.launch_exit_hook)
-    assert calls == [(2, 2, 1, 7, "function", "metadata", ("launch metadata", (2, 2), 7), *hooks, x, 33, 16)]
+    assert calls == [((2, 2, 1), (x, 33, 16))]  # the grid padded to 3-D, every parameter in the signature's order
     # another integer class (a multiple of 16), or another tile: a new key, through Triton
     assert not launch.launch("k", grid, (x, 32), kwargs, config)
     assert not launch.launch("k", grid, args, kwargs, {"num_warps": 8})
