@@ -81,6 +81,6 @@ def varlen_attention(*args, **kwargs) -> torch.Tensor:
 
 def decode_attention(query, key_cache, value_cache, lengths, scale: float) -> torch.Tensor:
     """The split-key decode kernel; see `kernels.decode_attention`."""
-    from .ops import decode_attention_op
+    from .ops import decode_attention as fused_decode
 
-    return decode_attention_op(query, key_cache, value_cache, lengths, scale, torch.backends.cuda.matmul.allow_tf32)
+    return fused_decode(query, key_cache, value_cache, lengths, scale, torch.backends.cuda.matmul.allow_tf32)

@@ -670,10 +670,22 @@ def decode_attention_op(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float, allow_tf32: bool
 ) -> torch.Tensor:
     """``q (B, H, T, D)``, caches ``(B, Hk, max_len, *)``, ``lengths (B,)`` -> ``(B, H, T, Dv)`` (`decode.py`)."""
+    return _decode(q, k_cache, v_cache, lengths, scale, allow_tf32)
+
+
+def _decode(q, k_cache, v_cache, lengths, scale: float, allow_tf32: bool) -> torch.Tensor:
     launches, out = decode_launches(q, k_cache, v_cache, lengths, scale, allow_tf32)
     for launch in launches:
         _run(launch)
     return out
+
+
+def decode_attention(q, k_cache, v_cache, lengths, scale: float, allow_tf32: bool) -> torch.Tensor:
+    """`decode_attention_op`, or in eager calls its launches without the op's dispatch (`_eager`): a decoding step
+    is a chain of small calls whose host time adds up."""
+    if _eager(q, k_cache, v_cache, lengths):
+        return _decode(q, k_cache, v_cache, lengths, scale, allow_tf32)
+    return decode_attention_op(q, k_cache, v_cache, lengths, scale, allow_tf32)
 
 
 @decode_attention_op.register_fake

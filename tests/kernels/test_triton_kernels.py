@@ -476,3 +476,36 @@ def test_the_launchers_key_holds_what_the_autotuner_keys_on():
     assert ops.tuning_key(base) == ops.tuning_key(launch(batch=3)) == ops.tuning_key(launch(transpose=True))
     assert ops.tuning_key(base) != ops.tuning_key(launch(kv_heads=2))
     assert ops.tuning_key(base) != ops.tuning_key(launch(dtype=torch.float16))
+
+
+def test_eager_calls_skip_the_ops_dispatch_and_equal_the_ops(monkeypatch):
+    """In eager mode the fused kernels run through an autograd.Function (`ops._Dense`/`ops._Packed`), not the
+    custom ops: the dispatcher's per-call work is host time on every layer. The results, gradients included, equal
+    the ops' bitwise; anything that traces (a dispatch mode here; torch.compile in the test above) sees the ops."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from kernels.triton import ops
+
+    _skip_without_triton()
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = (torch.randn(2, 3, 20, 16) for _ in range(3))
+    grad = torch.randn(2, 3, 20, 16)
+
+    def step():
+        return _fused_step(lambda *t: kernels.scaled_dot_product_attention(*t, dropout_p=0.2), q, k, v, grad)
+
+    seen: list[str] = []
+    with Record():
+        traced = step()
+    assert {"flash_attention_fwd", "flash_attention_bwd"} <= set(seen)
+    calls = []
+    monkeypatch.setattr(ops, "flash_attention_fwd", lambda *a: calls.append(a))  # the op must not be called
+    eager = step()
+    assert calls == []
+    for a, b in zip(eager, traced, strict=True):
+        assert torch.equal(a, b)
