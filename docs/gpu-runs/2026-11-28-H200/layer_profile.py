@@ -22,23 +22,28 @@ def step(model, x, train):
         y.float().sum().backward()
 
 
-torch.manual_seed(0)
-ref = make(torch.nn)
-ours = make(layers)
-ours.load_state_dict(ref.state_dict())
-x = torch.randn(32, 512, 512, device="cuda")
-for name, model in (("torch", ref), ("ours", ours)):
-    for train in (False, True):
-        model.train(train)
-        for _ in range(3):
-            step(model, x, train)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(10):
-            step(model, x, train)
-        torch.cuda.synchronize()
-        print(name, "train" if train else "eval", (time.perf_counter() - start) / 10 * 1e3, "ms", flush=True)
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            step(model, x, train)
+def main():
+    torch.manual_seed(0)
+    ref = make(torch.nn)
+    ours = make(layers)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(32, 512, 512, device="cuda")
+    for name, model in (("torch", ref), ("ours", ours)):
+        for train in (False, True):
+            model.train(train)
+            for _ in range(3):
+                step(model, x, train)
             torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+            start = time.perf_counter()
+            for _ in range(10):
+                step(model, x, train)
+            torch.cuda.synchronize()
+            print(name, "train" if train else "eval", (time.perf_counter() - start) / 10 * 1e3, "ms", flush=True)
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                step(model, x, train)
+                torch.cuda.synchronize()
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
