@@ -82,7 +82,9 @@ def dense_cases(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     shape = (args.batch, args.heads, args.seq_len, args.head_dim)  # (B, H, L, E)
     train = args.train
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, generator=gen, requires_grad=train) for _ in range(3))
-    step = timed_step(scaled_dot_product_attention, [q, k, v], train, q, k, v, is_causal=args.causal)
+    step = timed_step(
+        scaled_dot_product_attention, [q, k, v], train, q, k, v, is_causal=args.causal, dropout_p=args.dropout
+    )
     variants = [
         ("TRITON", lambda: only(Backend.TRITON)),
         ("TORCH (torch picks)", lambda: only(Backend.TORCH)),
@@ -242,6 +244,8 @@ def title(args: argparse.Namespace) -> str:
     if args.halves:
         what = f"grouped heads (2 per key head), causal window {args.halves}, dK/dV in halves or one launch"
         what += f", dropout {args.halves_dropout}" if args.halves_dropout else ""
+    if args.dropout and not (args.nested or args.window or args.tiles or args.halves):
+        what += f", dropout {args.dropout}"
     step = "forward + backward" if args.train else "forward"
     return (
         f"SDPA on {args.device}, {args.dtype}, {what}: batch {args.batch}, heads {args.heads}, "
@@ -283,6 +287,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--causal", action="store_true", help="causal attention (top-left aligned)")
     parser.add_argument("--train", action=argparse.BooleanOptionalAction, help="time forward + backward")
+    parser.add_argument(
+        "--dropout", type=float, default=0.0, help="the dense experiment with attention dropout p (every variant)"
+    )
     parser.add_argument("--window", type=int, help="the window experiment: causal window of this many keys vs full")
     parser.add_argument("--tiles", choices=KERNELS, help="the tile experiment: this kernel with each tile forced")
     parser.add_argument("--max-tiles", type=int, default=4, help="--tiles: the first N tiles of the kernel's list")
