@@ -12,7 +12,8 @@ Two extrapolations, both towards torch and both from measurements (docs/decision
 1k measurement (on an H200 a TRITON forward + backward cost about 2 ms of host time at every 1k case, whatever the
 head dim or causality, so shorter calls lose more), and a call with dropout takes the measurement without it (the
 fused forward with dropout took 4.1x its time without, in a training layer on the same card, where torch's cuDNN
-kernel serves dropout).
+kernel serves dropout; measured before the kernels drew one Philox call per four elements: the rule stays until a
+card measures that).
 
 ``TORCH`` then runs the torch kernel the sweep measured fastest (`torch_priority`), not the one torch would pick:
 torch puts cuDNN after flash in its default order (pytorch#138522), and on an H200 cuDNN was 1.7x faster than torch's
