@@ -1,9 +1,11 @@
 """A static profile of a compiled kernel's hot loop, read from its machine code (SASS) without a GPU.
 
-The hot loop is the innermost loop that issues matrix instructions (``HGMMA`` on sm_90, ``HMMA`` before) with the
-fewest instructions: in these kernels the unmasked loop over whole blocks, since the masked loops do the same work
-plus the mask. Its instruction count is what each warp issues per iteration; times the warps of a program and
-divided by the iteration's matrix-product FLOPs it gives **warp-instructions per MFLOP**: fewer means less time
+The hot loop is the innermost loop that issues matrix instructions (``HGMMA`` on sm_90, ``HMMA`` before), as many as
+any loop does (a whole block's products), with the fewest instructions: in these kernels the unmasked loop over
+whole blocks, since the masked loops do the same work plus the mask. (Until 2026-11-28 it was the loop with the
+fewest instructions of all; the forward with a window and dropout compiles a 621-instruction loop with 4 of the
+20 HGMMA of an iteration, which that rule took for the hot loop.) Its instruction count is what each warp issues
+per iteration; times the warps of a program and divided by the iteration's matrix-product FLOPs it gives **warp-instructions per MFLOP**: fewer means less time
 spent outside the tensor cores. It is a proxy — it ignores latency hiding, barriers and memory stalls — and a
 figure for comparing compiles, never a speed claim (TRITON-NOTES.md).
 
@@ -47,8 +49,9 @@ def disassemble(cubin: bytes) -> str:
     return done.stdout
 
 
-def matmul_loops(sass: str) -> list[int]:
-    """Instruction counts of the innermost loops that issue matrix instructions, in address order."""
+def matmul_loops(sass: str) -> list[tuple[int, int]]:
+    """``(instructions, matrix instructions)`` of each innermost loop that issues matrix instructions, in address
+    order."""
     code = [(int(a, 16), text) for a, text in _INSTRUCTION.findall(sass)]
     loops = []
     for address, text in code:
@@ -57,12 +60,13 @@ def matmul_loops(sass: str) -> list[int]:
             continue
         start = int(branch.group(1), 16)
         body = [t for a, t in code if start <= a <= address]
-        if any("HGMMA" in t or "HMMA" in t for t in body):
-            loops.append((start, address, len(body)))
+        matrix = sum("HGMMA" in t or "HMMA" in t for t in body)
+        if matrix:
+            loops.append((start, address, len(body), matrix))
     innermost = [
         loop for loop in loops if not any(o is not loop and loop[0] <= o[0] and o[1] <= loop[1] for o in loops)
     ]
-    return [count for _, _, count in innermost]
+    return [(count, matrix) for _, _, count, matrix in innermost]
 
 
 def warp_instructions_per_mflop(sass: str, kernel: str, block_m: int, block_n: int, head_dim: int,
@@ -71,6 +75,9 @@ def warp_instructions_per_mflop(sass: str, kernel: str, block_m: int, block_n: i
     loops = matmul_loops(sass)
     if not loops or kernel not in LOOP_FLOPS:
         return None, None
-    instructions = min(loops)
+    # a whole block's iteration issues the most matrix instructions; among those loops the unmasked one is the
+    # smallest (a loop with fewer, e.g. 4 of a forward's 20 HGMMA, is not an iteration over a whole block)
+    most = max(matrix for _, matrix in loops)
+    instructions = min(count for count, matrix in loops if matrix == most)
     flops = LOOP_FLOPS[kernel] * block_m * block_n * head_dim
     return instructions, instructions * num_warps / (flops / 1e6)
