@@ -5,9 +5,10 @@ any loop does (a whole block's products), with the fewest instructions: in these
 whole blocks, since the masked loops do the same work plus the mask. (Until 2026-11-28 it was the loop with the
 fewest instructions of all; the forward with a window and dropout compiles a 621-instruction loop with 4 of the
 20 HGMMA of an iteration, which that rule took for the hot loop.) Its instruction count is what each warp issues
-per iteration; times the warps of a program and divided by the iteration's matrix-product FLOPs it gives **warp-instructions per MFLOP**: fewer means less time
-spent outside the tensor cores. It is a proxy — it ignores latency hiding, barriers and memory stalls — and a
-figure for comparing compiles, never a speed claim (TRITON-NOTES.md).
+per iteration; times the warps of a program and divided by the iteration's matrix-product FLOPs it gives
+**warp-instructions per MFLOP**: fewer means less time spent outside the tensor cores. It is a proxy — it ignores
+latency hiding, barriers and memory stalls — and a figure for comparing compiles, never a speed claim
+(TRITON-NOTES.md).
 
 A loop is a backward branch; the retry stubs of barrier waits, placed after the kernel's exit, branch back into
 the loop body and would look like loops that contain it, so only loops that contain no other matrix loop count.
