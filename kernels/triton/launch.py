@@ -37,13 +37,14 @@ _off: set[str] = set()
 
 def arg_key(value: object) -> object:
     """What Triton's JIT may specialise a non-constexpr argument on, or more: a tensor's dtype and whether its address
-    is 16-byte aligned; an integer's being 1, a multiple of 16, and within 32 bits; a float's type; None."""
+    is 16-byte aligned; an integer's being 1, a multiple of 16, and its type's width (32 bits, signed or unsigned 64);
+    a float's type; None."""
     if isinstance(value, torch.Tensor):
         return value.dtype, value.data_ptr() % 16 == 0
     if isinstance(value, bool):
         return "bool", value
     if isinstance(value, int):
-        return "int", value == 1, value % 16 == 0, value in _INT32
+        return "int", value == 1, value % 16 == 0, value in _INT32, value >= 2**63  # i32 / i64 / u64
     if isinstance(value, float):
         return "float"
     return value  # None, or anything else: its value

@@ -69,6 +69,7 @@ def test_arg_key_classes():
     assert launch.arg_key(1) != launch.arg_key(2) != launch.arg_key(32)
     assert launch.arg_key(3) == launch.arg_key(5) and launch.arg_key(16) == launch.arg_key(48)
     assert launch.arg_key(2**31) != launch.arg_key(2**31 - 16)
+    assert launch.arg_key(2**63) != launch.arg_key(2**62)
     assert launch.arg_key(True) != launch.arg_key(1) and launch.arg_key(0.5) == launch.arg_key(2.0)
     assert launch.arg_key(None) is None
 
