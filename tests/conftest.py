@@ -22,3 +22,17 @@ def two_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_backward_plans():
+    """The launchers decide a backward's launches once per kind of call (`ops._backward_plan`); tests that replace
+    the deciding functions (`ops.dkdv_parts`, `ops.dq_parts`, the spill table) must not see another test's plans."""
+    import sys
+
+    ops = sys.modules.get("kernels.triton.ops")
+    if ops is not None:
+        ops._backward_plan.cache_clear()
+    yield
+    if ops is not None:
+        ops._backward_plan.cache_clear()

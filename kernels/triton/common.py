@@ -20,6 +20,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .tiles import cdiv
+
 LOG2E = tl.constexpr(1.4426950408889634)  # a constexpr global: the compiler reads nothing else
 
 
@@ -175,8 +177,7 @@ def _load_half(Base, desc, r0, stride, n_rows, D, BLOCK_R: tl.constexpr, BLOCK_D
 def grid_blocks(tokens: int, batch: int, block: int, varlen: bool, length: int) -> int:
     """Programs along the row axis: ``cdiv(length, block)`` dense; ``cdiv(tokens, block) + batch`` packed
     (`_find_sequence`)."""
-    # plain arithmetic: the host calls this for every launch's grid (triton.cdiv is a constexpr function there)
-    return -(-tokens // block) + batch if varlen else -(-length // block)
+    return cdiv(tokens, block) + batch if varlen else cdiv(length, block)
 
 
 @triton.jit

@@ -283,11 +283,8 @@ def backward_launches(
     scalars = layout.scalars(D, DV, scale, dropout_p, left, right)
     offsets = (layout.cu_q, layout.cu_k)
     features = (q.dtype, mask_kind, dropout_p > 0, layout.varlen, left >= 0, Hk != H)  # what decides a kind
-    pointers = halves_on_pointers(*features[1:])  # dK/dV's halves on pointers: the copy engine's spill there
-    split = split_kind("attn_bwd_dkdv", *features, max(block_dim(D), block_dim(DV)))
-    pairs = parts.get("attn_bwd_dkdv") or dkdv_parts(
-        arch, D, DV, kind_of("attn_bwd_dkdv", *features), tma, split, pointers
-    )
+    planned_pairs, pointers, planned_halves = _backward_plan(arch, D, DV, tma, features)
+    pairs = parts.get("attn_bwd_dkdv") or planned_pairs
     dkdv = [
         Launch(
             "attn_bwd_dkdv", lambda meta: (layout.grid(meta["BLOCK_N"], keys=True), bh * Hk),
@@ -303,9 +300,19 @@ def backward_launches(
             (q, k, v, mask_t, grad_out, lse, delta, dq, seed, *offsets, *common, *layout.strides(dq), *scalars),
             {**consts, "HALF": half},
         )
-        for half in parts.get("attn_bwd_dq") or dq_parts(arch, tma, D, kind_of("attn_bwd_dq", *features))
+        for half in parts.get("attn_bwd_dq") or planned_halves
     ]  # fmt: skip
     return [pre, *dkdv, *dq_launches], dq, dk, dv
+
+
+@functools.lru_cache(maxsize=512)
+def _backward_plan(arch: int, D: int, DV: int, tma: bool, features: tuple) -> tuple:
+    """``(dK/dV's (PART, HALF) pairs, whether its halves load through pointers, dQ's halves)`` for a backward call:
+    the same few answers for every step of a training run, so decided once per kind of call, not per launch."""
+    pointers = halves_on_pointers(*features[1:])  # dK/dV's halves on pointers: the copy engine's spill there
+    split = split_kind("attn_bwd_dkdv", *features, max(block_dim(D), block_dim(DV)))
+    pairs = dkdv_parts(arch, D, DV, kind_of("attn_bwd_dkdv", *features), tma, split, pointers)
+    return pairs, pointers, dq_parts(arch, tma, D, kind_of("attn_bwd_dq", *features))
 
 
 def dq_parts(arch: int, tma: bool, D: int, kind: str) -> tuple[int, ...]:
