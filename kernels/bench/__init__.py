@@ -5,7 +5,9 @@
 - ``python -m kernels.bench --sweep``: the kernel sweep over passes, dtypes, head dims and lengths
   (`kernels.bench.sweep`).
 
-Each prints a table, writes JSON and a PNG plot, and times torch in the same run.
+Each prints a table, writes JSON and a PNG plot, and times torch in the same run. ``python -m
+kernels.bench.host_path`` is a diagnostic beside them: this package's host time per call, kernel launches left out
+(a table and JSON).
 """
 
 from __future__ import annotations

@@ -131,3 +131,18 @@ def test_padded_lengths_of_the_tutorial():
     assert 0.48 <= sum(lengths) / (16 * 256) <= 0.56
     with pytest.raises(ValueError, match="kind='odd'"):
         bench.padded_lengths(4, 8, torch.Generator(), "odd")
+
+
+def test_host_path_times_every_call_and_restores_the_launcher(tmp_path):
+    """``python -m kernels.bench.host_path`` (in-process: the tests already run under the interpreter) times each
+    call, writes its JSON, and leaves the real launcher in place."""
+    import json
+
+    from kernels.bench import host_path
+    from kernels.triton import ops
+
+    real = ops._run
+    results = host_path.main(["--number", "3", "--repeat", "1", "--out-dir", str(tmp_path)])
+    assert ops._run is real
+    assert len(results) == 9 and all(us > 0 for us in results.values())
+    assert json.loads((tmp_path / "host_path.json").read_text())["us_per_call"] == results
