@@ -48,8 +48,9 @@ docs: $(STAMP)
 compile-check-triton36: $(STAMP36)
 	PYTHONPATH=. TRITON_DEFAULT_FP_FUSION=1 $(VENV36)/bin/python -m kernels.compile_check
 
+# in parallel processes, one per core (pytest-xdist; the compile check's module in one of them: --dist loadgroup)
 test: lint docs compile-check-triton36
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadgroup
 
 # On a GPU machine, from a fresh copy: only what the GPU image has, nothing installed, GPU settings untouched.
 gpu-check:

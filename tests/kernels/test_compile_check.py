@@ -11,6 +11,9 @@ import sys
 
 import pytest
 
+# one worker runs this module under pytest-xdist (--dist loadgroup): its fixture compiles for a minute and a half
+pytestmark = pytest.mark.xdist_group("compile_check")
+
 KEYS = {
     "kernel", "arch", "dtype", "head_dim", "causal", "mask", "dropout", "varlen", "block_m", "block_n", "num_warps",
     "num_stages", "registers", "spill_bytes", "shared_bytes", "wgmma", "tma", "loop_warp_instructions_per_mflop", "ok",

@@ -23,6 +23,11 @@ def silu(x):  # a module-level callable activation (get_config can name it)
     return F.silu(x)
 
 
+def _option_id(options: dict) -> str:
+    """A test id that is the same in every process (pytest-xdist compares them): functions by name, not address."""
+    return str({k: getattr(v, "__name__", v) for k, v in options.items()})
+
+
 LAYER_OPTIONS = [
     {},
     {"norm_first": True},
@@ -51,7 +56,7 @@ def encoder_call(module, src, **kwargs):
     return module(src, **kwargs)
 
 
-@pytest.mark.parametrize("options", LAYER_OPTIONS, ids=str)
+@pytest.mark.parametrize("options", LAYER_OPTIONS, ids=_option_id)
 @pytest.mark.parametrize("training", [False, True])
 def test_encoder_layer_dense(options, training):
     ours, theirs = twins(layers.TransformerEncoderLayer, nn.TransformerEncoderLayer, D, H, **layer_kwargs(**options))
