@@ -115,19 +115,21 @@ def select(
     is_causal: bool = False,
     dropout_p: float = 0.0,
     longest: tuple[int, int] | None = None,
+    torch_reason: str | None = None,
 ) -> tuple[Backend, dict[Backend, list[str]]]:
     """The first enabled backend that can serve the inputs, and the reasons of those tried before it (``decode``:
     a `kernels.decode_attention` call whose inputs require grad, which the fused decode kernel cannot serve;
     ``longest``: a variable-length or nested call's longest query and key sequence, where its lengths were
-    read).
+    read; ``torch_reason``: the caller's reason to try ``TORCH`` first, e.g. `kernels.torch_varlen.first`).
 
     Without an `sdpa_kernel` block, the default order applies, except where a GPU measured ``TRITON`` slower than
-    torch for such a call (`kernels.preferences`): ``TORCH`` goes first, and the reason is recorded."""
+    torch for such a call (`kernels.preferences`, or ``torch_reason``): ``TORCH`` goes first, and the reason is
+    recorded."""
     order = enabled_backends()
     skipped: dict[Backend, list[str]] = {}
     if order is None:
         order = default_order(query.device.type)
-        reason = None if varlen else torch_first(query, key, attn_mask, is_causal, dropout_p)
+        reason = torch_reason or (None if varlen else torch_first(query, key, attn_mask, is_causal, dropout_p))
         if reason is not None:
             order = (Backend.TORCH, Backend.TRITON, Backend.MATH)
             skipped[Backend.TRITON] = [f"could run, but TORCH goes first: {reason}"]

@@ -8,6 +8,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from . import torch_varlen
 from . import triton as fused
 from ._nested import as_jagged, band_for, like, packed_attention, padded_attention, plan
 from ._validate import validate_sdpa_args
@@ -79,7 +80,10 @@ def scaled_dot_product_attention(
     query, key, value = (as_jagged(t) for t in (query, key, value))  # strided nested: as jagged
     validate_sdpa_args(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
     longest = _longest_nested(query, key, dropout_p)
-    backend, _ = select(query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p, longest=longest)
+    first = torch_varlen.first(query, key, value, attn_mask, dropout_p, scale, enable_gqa) if query.is_nested else None
+    backend, _ = select(
+        query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p, longest=longest, torch_reason=first
+    )
     if not query.is_nested:
         with profiled("attention", backend):
             return DENSE[backend](query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
@@ -94,7 +98,12 @@ def scaled_dot_product_attention(
         elif torch.compiler.is_compiling():  # no host reads while tracing: pad to the longest sequence
             out = padded_attention(attend, q, k, v, query.offsets(), key.offsets(), **options)
         else:
-            out = packed_attention(attend, q, k, v, _lengths(query), _lengths(key), **options)
+            q_lens, k_lens = _lengths(query), _lengths(key)
+            out = None
+            if backend is Backend.TORCH:  # torch's own varlen_attn where it serves the call (CUDA)
+                out = torch_varlen.attention(q, k, v, query.offsets(), key.offsets(), q_lens, k_lens, **options)
+            if out is None:
+                out = packed_attention(attend, q, k, v, q_lens, k_lens, **options)
     # On the query's own offsets, so the result's ragged dim is the query's: (B, j, H, Ev) -> (B, H, j, Ev)
     return like(torch.nested.nested_tensor_from_jagged(out, offsets=query.offsets()).transpose(1, 2), original)
 
@@ -223,9 +232,10 @@ def explain(
     enabled = enabled_backends()
     order = enabled or default_order(query.device.type)
     longest = _longest_nested(query, key, dropout_p)
+    first = torch_varlen.first(query, key, value, attn_mask, dropout_p, scale, enable_gqa) if query.is_nested else None
     try:
         chosen, reasons = select(
-            query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p, longest=longest
+            query, key, value, attn_mask, is_causal=is_causal, dropout_p=dropout_p, longest=longest, torch_reason=first
         )
     except NoBackendAvailableError:
         chosen = None

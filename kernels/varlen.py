@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import torch_varlen
 from . import triton as fused
 from ._nested import packed_attention, padded_attention
 from ._validate import validate_varlen_args
@@ -63,7 +64,10 @@ def varlen_attention(
         query, key, value, cu_seqlens_q, cu_seqlens_k, dropout_p, is_causal, scale, enable_gqa, attn_mask
     )  # read once (a host sync on CUDA), except while compiling
     longest = None if lengths is None else (max(lengths[0], default=0), max(lengths[1], default=0))
-    backend, _ = select(query, key, value, varlen=True, dropout_p=dropout_p, longest=longest)
+    first = torch_varlen.first(query, key, value, attn_mask, dropout_p, scale, enable_gqa)
+    if first and lengths is not None and torch_varlen.length_reasons(*lengths, is_causal):
+        first = None  # TORCH would run its buckets: no faster than TRITON
+    backend, _ = select(query, key, value, varlen=True, dropout_p=dropout_p, longest=longest, torch_reason=first)
     options = {"dropout_p": dropout_p, "is_causal": is_causal, "scale": scale, "enable_gqa": enable_gqa}
     if attn_mask is not None:
         options["attn_mask"] = attn_mask
@@ -72,4 +76,8 @@ def varlen_attention(
             return fused.varlen_attention(query, key, value, cu_seqlens_q, cu_seqlens_k, **options)
         if lengths is None:  # traced: no host reads, so pad to the longest sequence
             return padded_attention(PACKED[backend], query, key, value, cu_seqlens_q, cu_seqlens_k, **options)
+        if backend is Backend.TORCH:  # torch's own varlen_attn where it serves the call (CUDA)
+            out = torch_varlen.attention(query, key, value, cu_seqlens_q, cu_seqlens_k, *lengths, **options)
+            if out is not None:
+                return out
         return packed_attention(PACKED[backend], query, key, value, *lengths, **options)

@@ -132,6 +132,37 @@ def test_varlen_ragged_lengths_against_each_sequence():
         torch.testing.assert_close(out[s].double(), ref.transpose(0, 1), rtol=3e-2, atol=3e-2)
 
 
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_torch_runs_packed_sequences_through_torchs_varlen_attn(is_causal):
+    """``TORCH`` on packed sequences calls torch's own ``varlen_attn`` (`kernels.torch_varlen`), grouped heads
+    included: forward and gradients against float64, one sequence at a time (top-left causal, equal lengths)."""
+    lengths = [1, 700, 33, 129, 512]
+    cu = torch.nn.functional.pad(torch.tensor(lengths).cumsum(0), (1, 0)).cuda()
+    q = torch.randn(sum(lengths), 8, 128, device="cuda", dtype=torch.float16, requires_grad=True)
+    k, v = (torch.randn(sum(lengths), 2, 128, device="cuda", dtype=torch.float16, requires_grad=True)
+            for _ in range(2))  # fmt: skip
+    if kernels.torch_varlen.reasons(q, k, v, None, 0.0, None, True):
+        pytest.skip("; ".join(kernels.torch_varlen.reasons(q, k, v, None, 0.0, None, True)))
+    calls = []
+    real = kernels.torch_varlen._function()
+    with pytest.MonkeyPatch.context() as patch, kernels.sdpa_kernel([Backend.TORCH]):
+        patch.setattr(kernels.torch_varlen, "_function", lambda: (lambda *a, **kw: calls.append(1) or real[0](*a, **kw),
+                                                                  real[1]))  # fmt: skip
+        out = kernels.varlen_attention(q, k, v, cu, cu, is_causal=is_causal, enable_gqa=True)
+    assert calls == [1]
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    starts = cu.tolist()
+    for b in range(len(lengths)):
+        s = slice(starts[b], starts[b + 1])
+        leaves = [t[s].detach().transpose(0, 1).double().requires_grad_() for t in (q, k, v)]
+        ref = attention_reference(*leaves, is_causal=is_causal, enable_gqa=True)
+        ref.backward(grad[s].transpose(0, 1).double())
+        torch.testing.assert_close(out[s].double(), ref.transpose(0, 1), rtol=2e-2, atol=2e-2)
+        for t, leaf in zip((q, k, v), leaves, strict=True):
+            torch.testing.assert_close(t.grad[s].double(), leaf.grad.transpose(0, 1), rtol=3e-2, atol=3e-2)
+
+
 def test_bands_and_decode_kernel():
     tensors = _cuda(random_qkv((2,), 4, 900, 1000, 128))
     band = sliding_window(900, 1000, 127, 0, lower_right=True)
