@@ -89,8 +89,19 @@ def length_reasons(q_lens: list[int], k_lens: list[int], is_causal: bool) -> lis
     return out
 
 
-def first(query, key, value, attn_mask, dropout_p, scale, enable_gqa) -> str | None:
-    """The reason to try ``TORCH`` before ``TRITON`` for a variable-length or nested call, or None."""
+def first(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: object,
+    dropout_p: float,
+    scale: float | None,
+    enable_gqa: bool,
+) -> str | None:
+    """The reason to try ``TORCH`` before ``TRITON`` for a variable-length or nested call, or None (always None
+    while tracing: no lengths are read then, and ``varlen_attn`` needs them)."""
+    if torch.compiler.is_compiling() or query.device.type not in DEVICE_TYPES:
+        return None  # before anything else: the signature's inspection is nothing to trace
     if reasons(query, key, value, attn_mask, dropout_p, scale, enable_gqa):
         return None
     return (

@@ -150,3 +150,12 @@ def test_a_refusal_switches_it_off_with_a_warning(calls, monkeypatch):
     torch.testing.assert_close(out, expected, atol=2e-2, rtol=2e-2)
     now = torch_varlen.reasons(q, k, v, None, 0.0, None, True)
     assert any("switched off after an error: FlashAttention" in r for r in now)
+
+
+def test_not_while_tracing(calls, monkeypatch):
+    """While torch.compile traces, no lengths are read: TORCH is not moved first (nor is the signature inspected)."""
+    q, k, v, _, _ = _packed(LENGTHS)
+    assert torch_varlen.first(q, k, v, None, 0.0, None, True) is not None
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch_varlen, "_function", lambda: pytest.fail("inspected while tracing"))
+    assert torch_varlen.first(q, k, v, None, 0.0, None, True) is None
