@@ -26,6 +26,7 @@ both).
 
 from __future__ import annotations
 
+import argparse
 import functools
 import inspect
 import json
@@ -198,12 +199,17 @@ def from_sweep(path: pathlib.Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m kernels.preferences SWEEP.json", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(
+        prog="python -m kernels.preferences",
+        description="Record in measured_order.json the cases where a kernel sweep timed TRITON slower than torch's "
+        "best kernel (forward + backward); a case measured again replaces its entry, the others stay.",
+    )
+    parser.add_argument("sweep", type=pathlib.Path, help="the JSON of `python -m kernels.bench --sweep`")
+    args = parser.parse_args(argv)
+    if not args.sweep.is_file():
+        parser.error(f"no such file: {args.sweep} (pass the kernels_sweep.json a sweep wrote)")
     table = json.loads(FILE.read_text()) if FILE.exists() else {}
-    for card, cases in from_sweep(pathlib.Path(argv[0])).items():  # a new measurement replaces its case only
+    for card, cases in from_sweep(args.sweep).items():  # a new measurement replaces its case only
         table.setdefault(card, {}).update(cases)
     FILE.write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
     print(f"wrote {FILE}: {sum(len(c) for c in table.values())} case(s) where TORCH goes first")
