@@ -13,7 +13,7 @@ from .decoder import TransformerDecoder, TransformerDecoderLayer
 from .encoder import TransformerEncoder, TransformerEncoderLayer
 from .errors import ArgumentError, ArgumentTypeError, RuntimeArgumentError
 from .kv_cache import KVCache
-from .packing import Packed, pack_padded, unpack_padded
+from .packing import Packed, pack_padded, skip_padding, unpack_padded
 from .serialization import safe_globals
 from .transformer import Transformer
 
@@ -34,5 +34,6 @@ __all__ = [
     "pack_padded",
     "revert",
     "safe_globals",
+    "skip_padding",
     "unpack_padded",
 ]

@@ -24,6 +24,7 @@ from .config import ConfigMixin, activation_to_config, check_activation, check_d
 from .config import check_positive_int as check_positive_int
 from .config import dtype_name as _dtype_name
 from .errors import ArgumentError
+from .packing import skipping_padding
 from .scripting import TorchScriptable
 
 
@@ -54,9 +55,9 @@ def padding_route(
     is_causal: bool | None,
     batch_first: bool,
 ) -> Route | None:
-    """The route of a batch that can skip its padding, else None (see the module docstring). Never while tracing:
-    packing makes shapes depend on the data."""
-    if x.dim() != 3 or key_padding_mask is None or tracing():
+    """The route of a batch that can skip its padding, else None (see the module docstring). Never while tracing
+    (packing makes shapes depend on the data) nor inside ``skip_padding(False)``."""
+    if x.dim() != 3 or key_padding_mask is None or tracing() or not skipping_padding():
         return None
     expected = (x.size(0), x.size(1)) if batch_first else (x.size(1), x.size(0))
     if tuple(key_padding_mask.shape) != expected:

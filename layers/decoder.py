@@ -32,7 +32,7 @@ from .config import ConfigMixin
 from .errors import ArgumentError, ArgumentTypeError
 from .kv_cache import KVCache
 from .nested import as_jagged, check_nested, like, wrap
-from .packing import pack_keep, unpack_padded
+from .packing import pack_keep, skipping_padding, unpack_padded
 from .scripting import TorchScriptable
 
 __all__ = ["TransformerDecoder", "TransformerDecoderLayer"]
@@ -56,7 +56,7 @@ def decoder_route(
     """The route of a padded target/memory pair that can skip its padding, else None: batched inputs, at least one
     key padding mask, each one padding-only, a target mask that is absent, no-op or causal, and a memory mask that
     is absent or no-op (or comes with the ``memory_is_causal`` hint)."""
-    if tgt.dim() != 3 or memory.dim() != 3 or tracing():
+    if tgt.dim() != 3 or memory.dim() != 3 or tracing() or not skipping_padding():
         return None
     if tgt_key_padding_mask is None and memory_key_padding_mask is None:
         return None

@@ -9,11 +9,58 @@ padded sequence packs to length 0 and unpacks to zeros.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["Packed", "pack_keep", "pack_padded", "unpack_padded"]
+from .errors import ArgumentTypeError
+
+__all__ = ["Packed", "pack_keep", "pack_padded", "skip_padding", "skipping_padding", "unpack_padded"]
+
+_SKIP_PADDING = contextvars.ContextVar("fusedlayers_skip_padding", default=True)
+
+
+@contextlib.contextmanager
+def skip_padding(enabled: bool) -> Iterator[None]:
+    """Whether this package's encoder and decoder layers, stacks and ``Transformer`` run a padded batch on its real
+    tokens (``True``, the default) or, inside ``with skip_padding(False):``, compute over the whole padded batch
+    with the key padding mask, as torch's layers do. Either way padded positions return 0 and real positions the
+    same numbers (up to rounding).
+
+    The packed route saves the padding's work but costs host time per layer (packing, lengths read, more kernel
+    launches): on an H200 it made a small padded encoder slower than torch's (docs/benchmarks.md, GPU runs), so the
+    switch is there to measure both on your model and keep the faster. Per thread and task (a context variable).
+
+    Example, run by the test suite:
+
+    ```python
+    import torch
+    import layers
+
+    enc = layers.TransformerEncoder(layers.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2).eval()
+    x, pad = torch.randn(2, 5, 16), torch.tensor([[False] * 5, [False] * 3 + [True] * 2])
+    with torch.no_grad():
+        packed = enc(x, src_key_padding_mask=pad)
+        with layers.skip_padding(False):
+            dense = enc(x, src_key_padding_mask=pad)
+    torch.testing.assert_close(dense, packed, atol=1e-5, rtol=1e-5)
+    ```
+    """
+    if not isinstance(enabled, bool):
+        raise ArgumentTypeError(f"skip_padding takes True or False, got {enabled!r}")
+    token = _SKIP_PADDING.set(enabled)
+    try:
+        yield
+    finally:
+        _SKIP_PADDING.reset(token)
+
+
+def skipping_padding() -> bool:
+    """Whether padded batches run on their real tokens here (`skip_padding`)."""
+    return _SKIP_PADDING.get()
 
 
 class Packed(NamedTuple):

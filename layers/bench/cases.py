@@ -17,6 +17,7 @@ import torch.nn as nn
 from kernels.bench.common import padded_lengths
 
 from ..convert import convert
+from ..packing import skip_padding
 
 
 @dataclasses.dataclass
@@ -156,9 +157,14 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
             h = block(h, gpt_mask)
         return h
 
+    def over_padding(m):  # ours computes over the whole padded batch, as torch does (a no-op for torch's model)
+        with skip_padding(False):
+            return m(x, src_key_padding_mask=pad)
+
     table = {
         "dense": (encoder, lambda m: m(x), None, "TransformerEncoder, no padding"),
         "padded": (encoder, lambda m: m(x, src_key_padding_mask=pad), keep, "TransformerEncoder, ~50% padding"),
+        "padded-dense": (encoder, over_padding, keep, "the same, ours with skip_padding(False)"),
         "noop-mask": (
             encoder,
             lambda m: m(x, mask=no_op, src_key_padding_mask=pad),
@@ -198,5 +204,5 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
     return cases
 
 
-KINDS = ["dense", "padded", "noop-mask", "need-weights", "float-causal", "decoder", "transformer"]
+KINDS = ["dense", "padded", "padded-dense", "noop-mask", "need-weights", "float-causal", "decoder", "transformer"]
 CASES = [f"{step}-{kind}" for kind in KINDS for step in ("train", "infer")]

@@ -346,3 +346,44 @@ def test_encoder_layer_dropout_statistics_match_torch():
         spreads[name] = draws.std(0).mean()
     ratio = spreads["ours"] / spreads["torch"]
     assert 0.9 < ratio < 1.1, f"dropout spread differs from torch's: ratio {ratio:.3f}"
+
+
+def test_skip_padding_false_computes_over_the_padded_batch(monkeypatch):
+    """``layers.skip_padding(False)``: the encoder stack, the decoder stack and ``Transformer`` compute over the whole
+    padded batch (nothing packed), with the packed route's numbers on real tokens and 0 at padding, gradients too;
+    the switch is restored on leaving the block, also when it raises."""
+    src_pad, tgt_pad = padding(), padding(T)
+    inputs = {"src": seq(), "tgt": seq(T)}
+    causal = nn.Transformer.generate_square_subsequent_mask(T)
+    model = layers.Transformer(D, H, 2, 2, FF, dropout=0.0, batch_first=True)
+
+    def step(**kw):
+        model.zero_grad()
+        out = model(**inputs, **kw, tgt_mask=causal, src_key_padding_mask=src_pad, tgt_key_padding_mask=tgt_pad,
+                    memory_key_padding_mask=src_pad)  # fmt: skip
+        out[~tgt_pad].square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    packed, packed_grads = step()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("packed inside skip_padding(False)")
+
+    for module in (layers.encoder, layers.decoder, layers.transformer):
+        monkeypatch.setattr(module, "pack_keep", refuse)
+    with pytest.raises(ZeroDivisionError), layers.skip_padding(False):
+        raise ZeroDivisionError
+    with pytest.raises(AssertionError, match="packed inside"):  # the switch is back on after the block
+        step()
+    with layers.skip_padding(False):
+        dense, dense_grads = step()
+        assert not layers.packing.skipping_padding()
+    assert_close(dense, packed, "output over the padded batch")
+    assert (dense[tgt_pad] == 0).all()
+    for a, b in zip(dense_grads, packed_grads, strict=True):
+        assert_close(a, b, "gradient")
+
+
+def test_skip_padding_takes_a_bool():
+    with pytest.raises(layers.ArgumentTypeError, match="skip_padding takes True or False, got 'no'"):
+        layers.skip_padding("no").__enter__()
