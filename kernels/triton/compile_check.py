@@ -307,7 +307,7 @@ DECODE_VARIANTS = [  # one new token over a 4096-slot cache: dtypes, GQA (4 head
 
 def kept(v: Variant) -> list[tuple[int, int, int, int]]:
     """The tiles the autotuner keeps for this variant on its architecture (the prune rule)."""
-    from .tiles import block_dim, kept_tiles, kind_of, split_kind, split_row, split_tiles
+    from .tiles import block_dim, kept_tiles, kind_of, live_features, split_kind, split_row, split_tiles
 
     if v.kernel == "bwd_pre":
         return [(0, 0, 4, 1)]
@@ -321,7 +321,8 @@ def kept(v: Variant) -> list[tuple[int, int, int, int]]:
         one = split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa, block_dim(v.head_dim))
         split = split_row(one, v.half)
         return split_tiles(v.arch, v.path == "tma", block_dim(v.head_dim), split)
-    return kept_tiles(kernel, v.arch, v.path == "tma", block_dim(v.head_dim), kind)
+    live = live_features(v.mask, v.dropout, v.varlen, v.window, v.gqa and v.kernel == "bwd_dkdv")
+    return kept_tiles(kernel, v.arch, v.path == "tma", block_dim(v.head_dim), kind, live)
 
 
 # The covering set: each change from the main variant (fp16, d=128, no mask, dense, aligned) turns on several
@@ -335,7 +336,9 @@ COVERING = [
     {"window": True, "dropout": True},
     {"dtype": "bfloat16", "head_dim": 192, "causal": True},
     {"dtype": "float32", "head_dim": 80, "gqa": True},
-    {"varlen": True, "causal": True, "dropout": True, "head_dim": 64},
+    {"varlen": True, "causal": True, "dropout": True, "head_dim": 64},  # a narrowed row (`tiles.narrow_kind`)
+    {"varlen": True},  # narrowed rows at head dim 128: variable length alone, dropout alone
+    {"dropout": True, "causal": True},
     {"varlen": True, "gqa": True, "window": True},
     {"head_dim": 16, "odd": True, "tma": False},
     {"head_dim": 24, "odd": True},
@@ -421,6 +424,10 @@ MEASURED_KINDS = {
         {"varlen": True, "dropout": True, "gqa": True},
         {"varlen": True, "dropout": True, "window": True, "gqa": True},
     ],
+    # the "tile" kind narrowed to one common feature set at head dims up to 128 (`tiles.narrow_kind`): one launch
+    "tile:varlen": [{"varlen": True}, {"varlen": True, "causal": True}],
+    "tile:dropout": [{"dropout": True}, {"dropout": True, "causal": True}],
+    "tile:dropout+varlen": [{"varlen": True, "dropout": True}, {"varlen": True, "dropout": True, "causal": True}],
     # grouped heads with a mask or dropout at head dim 128 (`tiles.groups_split`): dV's and dK's launches
     "tile-gqa-128": [
         {"mask": 1, "gqa": True},
@@ -451,6 +458,8 @@ def measure_tiles(
         one = kind.startswith("tile-")  # a split kind: the split's launches, whatever the table says
         small = kind == GROUPS_KIND  # the one split kind at head dim 128
         if one and not (arch >= 90 and kernel == "bwd_dkdv" and (bucket == 128 if small else bucket > 128)):
+            continue
+        if kind.startswith("tile:") and bucket > 128:  # narrowed rows: head dims up to 128 (`tiles.narrow_kind`)
             continue
         combos = MEASURED_KINDS[kind]
         for tma in (True, False) if arch >= 90 else (False,):

@@ -6,7 +6,8 @@ spills within shared memory (on sm_90 with wgmma, except the decode kernel: `com
 ``arch`` 80 stands for every card before Hopper (no copy engine: pointer path only), 90 for Hopper and later;
 ``path`` "tma" or "ptr"; ``bucket`` the padded head dim (64, 128, 256); ``kind`` "plain", "tile" (more state is
 live: a mask or dropout tile, variable length, a window's left edge, or grouped query heads in dK/dV), "fp32"
-(float32 operands), "fp32-tile" (both). The "tile" rows hold the
+(float32 operands), "fp32-tile" (both); "tile:varlen", "tile:dropout", "tile:dropout+varlen" (the "tile" kind with
+exactly that state live, at head dims up to 128: `tiles.narrow_kind`). The "tile" rows hold the
 tiles that stayed spill-free with all of that state live at once (a mask, dropout, a window and grouped heads, dense;
 and the same with variable length instead of the mask); "fp32-tile" likewise where one passed, else tiles spill-free
 in both the "fp32" and the "tile" measurement.
@@ -97,6 +98,25 @@ TRITON_39: Table = {
         (90, 'tma', 256, 'fp32-tile'): [(64, 16, 4, 2), (16, 32, 8, 1), (16, 16, 8, 1)],
         (90, 'tma', 256, 'plain'): [(128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 4, 3)],
         (90, 'tma', 256, 'tile'): [(64, 32, 4, 2), (64, 16, 4, 2), (16, 32, 8, 1)],
+        # the "tile" kind narrowed to one feature set at head dims up to 128 (`tiles.narrow_kind`, measured 2026-11-28)
+        (80, 'ptr', 64, 'tile:dropout'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (80, 'ptr', 64, 'tile:dropout+varlen'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (80, 'ptr', 64, 'tile:varlen'): [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 2)],
+        (80, 'ptr', 128, 'tile:dropout'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (80, 'ptr', 128, 'tile:dropout+varlen'): [(64, 64, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2)],
+        (80, 'ptr', 128, 'tile:varlen'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 16, 4, 2)],
+        (90, 'ptr', 64, 'tile:dropout'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
+        (90, 'ptr', 64, 'tile:dropout+varlen'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
+        (90, 'ptr', 64, 'tile:varlen'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
+        (90, 'ptr', 128, 'tile:dropout'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (90, 'ptr', 128, 'tile:dropout+varlen'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (90, 'ptr', 128, 'tile:varlen'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
+        (90, 'tma', 64, 'tile:dropout'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
+        (90, 'tma', 64, 'tile:dropout+varlen'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
+        (90, 'tma', 64, 'tile:varlen'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
+        (90, 'tma', 128, 'tile:dropout'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (90, 'tma', 128, 'tile:dropout+varlen'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (90, 'tma', 128, 'tile:varlen'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
     },
     'attn_bwd_dkdv': {
         (80, 'ptr', 64, 'fp32'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
@@ -135,6 +155,25 @@ TRITON_39: Table = {
         (90, 'tma', 256, 'fp32-tile'): [],
         (90, 'tma', 256, 'plain'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
         (90, 'tma', 256, 'tile'): [(16, 16, 8, 1)],
+        # the "tile" kind narrowed to one feature set at head dims up to 128 (`tiles.narrow_kind`, measured 2026-11-28)
+        (80, 'ptr', 64, 'tile:dropout'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
+        (80, 'ptr', 64, 'tile:dropout+varlen'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
+        (80, 'ptr', 64, 'tile:varlen'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
+        (80, 'ptr', 128, 'tile:dropout'): [(16, 64, 8, 1), (16, 64, 4, 2), (32, 32, 4, 1)],
+        (80, 'ptr', 128, 'tile:dropout+varlen'): [(16, 64, 8, 1), (16, 64, 4, 2), (16, 32, 8, 1)],
+        (80, 'ptr', 128, 'tile:varlen'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
+        (90, 'ptr', 64, 'tile:dropout'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'ptr', 64, 'tile:dropout+varlen'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'ptr', 64, 'tile:varlen'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
+        (90, 'ptr', 128, 'tile:dropout'): [(16, 128, 8, 2), (32, 64, 4, 2), (16, 64, 8, 1)],
+        (90, 'ptr', 128, 'tile:dropout+varlen'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
+        (90, 'ptr', 128, 'tile:varlen'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'tma', 64, 'tile:dropout'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
+        (90, 'tma', 64, 'tile:dropout+varlen'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
+        (90, 'tma', 64, 'tile:varlen'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
+        (90, 'tma', 128, 'tile:dropout'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'tma', 128, 'tile:dropout+varlen'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'tma', 128, 'tile:varlen'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
         # grouped heads with a mask or dropout at head dim 128 (`tiles.groups_split`): the dV and dK launches' tiles
         (90, 'ptr', 128, 'tile-gqa-128'): [(16, 128, 8, 2)],
         (90, 'tma', 128, 'tile-gqa-128'): [(16, 128, 8, 2), (16, 64, 4, 2)],
@@ -191,6 +230,25 @@ TRITON_39: Table = {
         (90, 'tma', 256, 'fp32-tile'): [],
         (90, 'tma', 256, 'plain'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
         (90, 'tma', 256, 'tile'): [(128, 16, 8, 2), (16, 32, 8, 1), (16, 16, 8, 1)],
+        # the "tile" kind narrowed to one feature set at head dims up to 128 (`tiles.narrow_kind`, measured 2026-11-28)
+        (80, 'ptr', 64, 'tile:dropout'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (80, 'ptr', 64, 'tile:dropout+varlen'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (80, 'ptr', 64, 'tile:varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (80, 'ptr', 128, 'tile:dropout'): [(128, 16, 8, 2), (64, 32, 8, 2), (64, 16, 4, 2)],
+        (80, 'ptr', 128, 'tile:dropout+varlen'): [(128, 16, 8, 2), (64, 64, 4, 2), (64, 32, 8, 2)],
+        (80, 'ptr', 128, 'tile:varlen'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (90, 'ptr', 64, 'tile:dropout'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'ptr', 64, 'tile:dropout+varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'ptr', 64, 'tile:varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'ptr', 128, 'tile:dropout'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (90, 'ptr', 128, 'tile:dropout+varlen'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (90, 'ptr', 128, 'tile:varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'tma', 64, 'tile:dropout'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'tma', 64, 'tile:dropout+varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'tma', 64, 'tile:varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'tma', 128, 'tile:dropout'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'tma', 128, 'tile:dropout+varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'tma', 128, 'tile:varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
     },
 }  # fmt: skip
 
@@ -232,6 +290,26 @@ BOTH_36_39: Table = {
         (90, 'tma', 256, 'fp32-tile'): [(16, 32, 8, 1), (16, 16, 8, 1)],
         (90, 'tma', 256, 'plain'): [(128, 64, 8, 2), (64, 64, 8, 2), (64, 64, 4, 3)],
         (90, 'tma', 256, 'tile'): [(64, 16, 4, 2), (16, 32, 8, 1), (16, 16, 8, 1)],
+        # the "tile" kind narrowed to one feature set at head dims up to 128 (`tiles.narrow_kind`): the tiles
+        # spill-free under both versions (measured 2026-11-28)
+        (80, 'ptr', 64, 'tile:dropout'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (80, 'ptr', 64, 'tile:dropout+varlen'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (80, 'ptr', 64, 'tile:varlen'): [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 2)],
+        (80, 'ptr', 128, 'tile:dropout'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (80, 'ptr', 128, 'tile:dropout+varlen'): [(64, 64, 8, 2), (64, 32, 4, 2), (64, 16, 4, 2)],
+        (80, 'ptr', 128, 'tile:varlen'): [(64, 16, 4, 2), (32, 32, 4, 1), (16, 32, 8, 1)],
+        (90, 'ptr', 64, 'tile:dropout'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
+        (90, 'ptr', 64, 'tile:dropout+varlen'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (90, 'ptr', 64, 'tile:varlen'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
+        (90, 'ptr', 128, 'tile:dropout'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (90, 'ptr', 128, 'tile:dropout+varlen'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (90, 'ptr', 128, 'tile:varlen'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (90, 'tma', 64, 'tile:dropout'): [(128, 128, 8, 3), (128, 64, 8, 3), (128, 64, 8, 2)],
+        (90, 'tma', 64, 'tile:dropout+varlen'): [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 8, 2)],
+        (90, 'tma', 64, 'tile:varlen'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
+        (90, 'tma', 128, 'tile:dropout'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (90, 'tma', 128, 'tile:dropout+varlen'): [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 8, 2)],
+        (90, 'tma', 128, 'tile:varlen'): [(128, 128, 8, 3), (128, 128, 8, 2), (128, 64, 8, 3)],
     },
     'attn_bwd_dkdv': {
         (80, 'ptr', 64, 'fp32'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
@@ -270,6 +348,26 @@ BOTH_36_39: Table = {
         (90, 'tma', 256, 'fp32-tile'): [],
         (90, 'tma', 256, 'plain'): [(16, 128, 8, 2), (16, 64, 4, 2)],
         (90, 'tma', 256, 'tile'): [(16, 16, 8, 1)],
+        # the "tile" kind narrowed to one feature set at head dims up to 128 (`tiles.narrow_kind`): the tiles spill-free
+        # under both versions (measured 2026-11-28)
+        (80, 'ptr', 64, 'tile:dropout'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
+        (80, 'ptr', 64, 'tile:dropout+varlen'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
+        (80, 'ptr', 64, 'tile:varlen'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
+        (80, 'ptr', 128, 'tile:dropout'): [(16, 64, 8, 1), (16, 64, 4, 2), (32, 32, 4, 1)],
+        (80, 'ptr', 128, 'tile:dropout+varlen'): [(16, 64, 8, 1), (16, 64, 4, 2), (16, 32, 8, 1)],
+        (80, 'ptr', 128, 'tile:varlen'): [(16, 64, 8, 1), (16, 64, 4, 2), (32, 32, 4, 1)],
+        (90, 'ptr', 64, 'tile:dropout'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'ptr', 64, 'tile:dropout+varlen'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'ptr', 64, 'tile:varlen'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'ptr', 128, 'tile:dropout'): [(16, 128, 8, 2), (16, 64, 8, 1)],
+        (90, 'ptr', 128, 'tile:dropout+varlen'): [(16, 128, 8, 2), (16, 64, 8, 1)],
+        (90, 'ptr', 128, 'tile:varlen'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'tma', 64, 'tile:dropout'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
+        (90, 'tma', 64, 'tile:dropout+varlen'): [(32, 128, 8, 3), (32, 128, 8, 2), (16, 128, 8, 2)],
+        (90, 'tma', 64, 'tile:varlen'): [(64, 128, 8, 2), (32, 128, 8, 3), (32, 128, 8, 2)],
+        (90, 'tma', 128, 'tile:dropout'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
+        (90, 'tma', 128, 'tile:dropout+varlen'): [(16, 128, 8, 2), (16, 64, 8, 1), (16, 64, 4, 2)],
+        (90, 'tma', 128, 'tile:varlen'): [(32, 128, 8, 3), (16, 128, 8, 2), (16, 64, 8, 1)],
         # grouped heads with a mask or dropout at head dim 128 (`tiles.groups_split`): the dV and dK launches' tiles;
         # the copy-engine row as measured under 3.6 (its 16x128 spills 16-20 B with packed sequences there, and
         # 3.9's 16x64 w8 s1 8 B with an additive mask: 3.9 reads its own row)
@@ -328,6 +426,26 @@ BOTH_36_39: Table = {
         (90, 'tma', 256, 'fp32-tile'): [],
         (90, 'tma', 256, 'plain'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
         (90, 'tma', 256, 'tile'): [(128, 16, 8, 2), (64, 16, 4, 2)],  # dQ in halves (DQ_HALVES_36)
+        # the "tile" kind narrowed to one feature set at head dims up to 128 (`tiles.narrow_kind`): the tiles
+        # spill-free under both versions (measured 2026-11-28)
+        (80, 'ptr', 64, 'tile:dropout'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (80, 'ptr', 64, 'tile:dropout+varlen'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (80, 'ptr', 64, 'tile:varlen'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (80, 'ptr', 128, 'tile:dropout'): [(128, 16, 8, 2), (64, 32, 8, 2), (64, 16, 4, 2)],
+        (80, 'ptr', 128, 'tile:dropout+varlen'): [(128, 16, 8, 2), (64, 32, 8, 2), (64, 16, 4, 2)],
+        (80, 'ptr', 128, 'tile:varlen'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (90, 'ptr', 64, 'tile:dropout'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'ptr', 64, 'tile:dropout+varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'ptr', 64, 'tile:varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'ptr', 128, 'tile:dropout'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (90, 'ptr', 128, 'tile:dropout+varlen'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (90, 'ptr', 128, 'tile:varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'tma', 64, 'tile:dropout'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'tma', 64, 'tile:dropout+varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'tma', 64, 'tile:varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
+        (90, 'tma', 128, 'tile:dropout'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (90, 'tma', 128, 'tile:dropout+varlen'): [(128, 32, 8, 3), (128, 32, 8, 2), (128, 16, 8, 2)],
+        (90, 'tma', 128, 'tile:varlen'): [(128, 64, 8, 2), (128, 32, 8, 3), (128, 32, 8, 2)],
     },
 }  # fmt: skip
 

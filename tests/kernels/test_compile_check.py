@@ -175,7 +175,13 @@ def test_tile_table_follows_the_installed_triton():
         ("attn_fwd", {}, "plain"),
         ("attn_fwd", {"GROUP": 2}, "plain"),  # grouped heads add live state to dK/dV only
         ("attn_bwd_dkdv", {"GROUP": 2}, "tile"),
-        ("attn_bwd_dq", {"VARLEN": True}, "tile"),
+        ("attn_bwd_dkdv", {"VARLEN": True}, "tile:varlen"),  # one common feature set: its own row
+        ("attn_bwd_dkdv", {"VARLEN": True, "HAS_DROPOUT": True}, "tile:dropout+varlen"),
+        ("attn_bwd_dkdv", {"HAS_DROPOUT": True, "BLOCK_D": 64, "BLOCK_DV": 64}, "tile:dropout"),
+        ("attn_bwd_dkdv", {"VARLEN": True, "HAS_LEFT": True}, "tile"),  # a window too: the "tile" row
+        ("attn_bwd_dq", {"VARLEN": True}, "tile:varlen"),
+        ("attn_fwd", {"VARLEN": True, "HAS_DROPOUT": True}, "tile:dropout+varlen"),
+        ("attn_fwd", {"VARLEN": True, "HAS_DROPOUT": True, "HAS_LEFT": True}, "tile"),
         ("attn_fwd", {"HAS_LEFT": True}, "tile"),
         ("attn_bwd_dq", {"MASK_KIND": 2}, "tile"),
         ("attn_bwd_dkdv", {"MASK_KIND": 1, "PART": 1, "BLOCK_D": 256, "BLOCK_DV": 256}, "tile-bool"),
@@ -197,7 +203,33 @@ def test_autotuner_prune_keeps_the_tiles_of_the_launchs_kind(monkeypatch, kernel
             "HAS_DROPOUT": False, "VARLEN": False, "HAS_LEFT": False, "GROUP": 1, "USE_TMA": True,
             "HALF": 0}  # fmt: skip
     kept = [tiles._tile(c) for c in tiles.prune_for(kernel)(candidates, {**args, **features})]
-    bucket = 256 if features.get("BLOCK_D", 128) > 128 else 128
+    bucket = tiles.bucket_of(features.get("BLOCK_D", 128))
     rows = {k: tiles.SPILL_FREE[kernel].get((90, "tma", bucket, k)) for k in ("plain", "tile", kind)}
     assert rows["plain"] != rows["tile"]  # the kinds are told apart by the tiles kept
     assert kept == rows[kind] and kept  # a dV or dK launch with one feature live: that feature's own row
+
+
+def test_narrowed_rows_serve_only_their_feature_sets(monkeypatch):
+    """`tiles.narrow_kind`: the "tile" kind at head dims up to 128 with exactly one of `NARROW_SETS` live reads that
+    set's row; other kinds, other sets and larger head dims keep theirs, and a table without the row falls back to
+    the "tile" row rather than to every tile."""
+    from kernels.triton import tiles
+
+    varlen, both = frozenset({"varlen"}), frozenset({"varlen", "dropout"})
+    assert tiles.narrow_kind("tile", varlen, 128) == "tile:varlen"
+    assert tiles.narrow_kind("tile", both, 64) == "tile:dropout+varlen"
+    assert tiles.narrow_kind("tile", varlen, 256) == "tile"  # above 128 the split launches have their own rows
+    assert tiles.narrow_kind("tile", varlen | {"gqa"}, 128) == "tile"
+    assert tiles.narrow_kind("fp32-tile", varlen, 128) == "fp32-tile"  # float32 keeps its rows
+    for version in (tiles.spill_free.TRITON_39, tiles.spill_free.BOTH_36_39):  # measured under both versions
+        for where in ((80, "ptr"), (90, "ptr"), (90, "tma")):
+            for bucket in (64, 128):
+                for live in tiles.NARROW_SETS:
+                    for kernel in ("attn_fwd", "attn_bwd_dq", "attn_bwd_dkdv"):
+                        assert (*where, bucket, tiles.narrow_kind("tile", live, bucket)) in version[kernel]
+    key = (90, "tma", 128, "tile:varlen")
+    table = {k: dict(rows) for k, rows in tiles.SPILL_FREE.items()}
+    del table["attn_bwd_dkdv"][key]
+    monkeypatch.setattr(tiles, "SPILL_FREE", table)
+    fallback = table["attn_bwd_dkdv"][(*key[:3], "tile")]
+    assert tiles.kept_tiles("attn_bwd_dkdv", 90, True, 128, "tile", varlen) == fallback
