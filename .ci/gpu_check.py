@@ -163,6 +163,13 @@ def _summarise_overhead(out: pathlib.Path) -> dict:
     return _ms_by_name(out / "overhead" / "sdpa_backends.json")
 
 
+def _summarise_host(out: pathlib.Path) -> dict:
+    path = out / "host" / "host_path.json"
+    if not path.exists():
+        return {}
+    return {f"{name} us": us for name, us in json.loads(path.read_text())["us_per_call"].items() if "prep" not in name}
+
+
 def _summarise_dropout(out: pathlib.Path) -> dict:
     return _ms_by_name(out / "dropout" / "sdpa_backends.json")
 
@@ -242,6 +249,10 @@ def steps(out: pathlib.Path) -> list[Step]:
     overhead = [py, "-m", "kernels.bench", "--train", "--out-dir", str(out / "overhead")]
     overhead_gpu = "--dtype float16 --batch 1 --heads 2 --seq-len 128 --head-dim 64 --rounds 3 --min-run-time 0.1"
     overhead_cpu = "--device cpu --batch 1 --heads 1 --seq-len 16 --head-dim 16 --rounds 1 --min-run-time 0.01"
+    # Where that host time goes: each call timed with its launches, and a Python profile of TRITON's forward + backward
+    host = [py, "-m", "kernels.bench.host_path", "--out-dir", str(out / "host"), "--cprofile", str(out / "host" /
+            "cprofile.txt")]  # fmt: skip
+    host_gpu, host_cpu = "--device cuda --number 200 --repeat 3", "--number 5 --repeat 1"
     # The fused kernels with dropout against torch's (one Philox call per four elements since 2026-11-28; before, the
     # forward with dropout took 4.1x its time without on an H200)
     dropout = [py, "-m", "kernels.bench", "--train", "--dropout", "0.1", "--out-dir", str(out / "dropout")]
@@ -266,6 +277,7 @@ def steps(out: pathlib.Path) -> list[Step]:
             [*overhead, *overhead_cpu.split()],
             _summarise_overhead,
         ),
+        Step("host path", 30, [*host, *host_gpu.split()], [*host, *host_cpu.split()], _summarise_host),
         Step("dropout", 30, [*dropout, *dropout_gpu.split()], [*dropout, *dropout_cpu.split()], _summarise_dropout),
         Step("variable length", 40, [*varlen, *varlen_gpu.split()], [*varlen, *varlen_cpu.split()], _summarise_varlen),
         Step("layers float16", 75, [*layers, *layers_gpu.split()], [*layers, *layers_cpu.split()], _summarise_layers),

@@ -40,15 +40,16 @@ def test_dry_run_in_the_gpu_images_package_set(tmp_path):
     assert all(not line.startswith("===") or "summary" in line or set(line) == {"="} for line in tail[summary:])
     record = json.loads((out / "summary.json").read_text())
     steps = {s["name"]: s for s in record["steps"]}
-    assert set(steps) == {"environment", "pytest -m cuda", "launch overhead", "dropout", "kernel sweep",
+    assert set(steps) == {"environment", "pytest -m cuda", "launch overhead", "host path", "dropout", "kernel sweep",
                           "variable length", "layers float16", "decoding", "GPT training", "tile A/B"}  # fmt: skip
     assert all(s["status"] == "ok" for s in steps.values()), {n: s["status"] for n, s in steps.items()}
     assert all("GPU part skipped" in s["note"] for n, s in steps.items() if n != "environment")
     for path in ("env.json", "pytest-cuda.xml", "sweep/kernels_sweep.json", "varlen/sdpa_nested.json",
                  "layers/float16/layers.json", "decode/decode.json", "gpt/summary.json", "summary.txt",
                  "tiles/tiles_attn_bwd_dkdv.json", "overhead/sdpa_backends.json",
-                 "dropout/sdpa_backends.json"):  # fmt: skip
+                 "dropout/sdpa_backends.json", "host/host_path.json", "host/cprofile.txt"):  # fmt: skip
         assert (out / path).exists(), path
+    assert steps["host path"]["figures"]["TRITON forward + backward us"] > 0
     assert steps["pytest -m cuda"]["figures"]["errors"] == 0  # pytest starts without pytest-markdown-docs
     assert json.loads((out / "gpt" / "summary.json").read_text())["attention_backends_profiled"] == ["TORCH"]
     assert "TRITON" in (out / "sweep" / "kernels_sweep.json").read_text()  # listed, with the reason it did not run

@@ -7,16 +7,23 @@ no-op, so what is timed is this package's Python (validation, dispatch, launch p
 ``TRITON``, against ``TORCH`` and ``F.scaled_dot_product_attention`` on a tiny CPU input where their compute is
 negligible. Prints a table (microseconds per call, the best of ``--repeat`` timings of ``--number`` calls) and
 writes JSON.
+
+``--device cuda`` times the same calls on the card with their launches (B=1, 2 heads, L=128, d=64, fp16: every
+kernel takes microseconds, so a call's time is its host's), each timing ending in a synchronisation; ``--cprofile
+FILE`` writes a Python profile of ``--number`` TRITON forward + backward calls there (where the host time goes).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
 import pathlib
+import pstats
 import sys
-import timeit
+import time
 
 import torch
 import torch.nn.functional as F
@@ -72,34 +79,74 @@ def _calls(q: torch.Tensor) -> dict:
     }
 
 
+def _best_per_call(call, number: int, repeat: int, sync) -> float:
+    """Seconds per call: the best of ``repeat`` timings of ``number`` calls, each timing ending with ``sync()``."""
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            call()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best / number
+
+
+def _profile(call, number: int, path: pathlib.Path) -> None:
+    """A Python profile of ``number`` calls of ``call``: the top 40 functions by cumulative and by own time."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(number):
+        call()
+    profiler.disable()
+    text = io.StringIO()
+    for order in ("cumulative", "tottime"):
+        pstats.Stats(profiler, stream=text).sort_stats(order).print_stats(40)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text.getvalue())
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m kernels.bench.host_path", description=__doc__.splitlines()[0])
     parser.add_argument("--number", type=int, default=2000, help="calls per timing")
     parser.add_argument("--repeat", type=int, default=3, help="timings per call (the best is reported)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cpu: the interpreter, launches left out; cuda: the card, launches included")  # fmt: skip
+    parser.add_argument("--cprofile", type=pathlib.Path, help="write a profile of TRITON forward + backward here")
     parser.add_argument("--out-dir", type=pathlib.Path, default=pathlib.Path("bench-results"))
     args = parser.parse_args(argv)
-    if not tiles.INTERPRET:  # Triton decides at import whether it interprets: run again with the interpreter
+    on_card = args.device == "cuda"
+    if on_card and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device here (without it, the default measures on the CPU)")
+    if not on_card and not tiles.INTERPRET:  # Triton decides at import whether it interprets: run again with it
         argv = sys.argv[1:] if argv is None else argv
         os.execvpe(sys.executable, [sys.executable, "-m", "kernels.bench.host_path", *argv],
                    {**os.environ, "TRITON_INTERPRET": "1"})  # fmt: skip
     real_run = ops._run
-    ops._run = lambda launch: None  # the launches themselves: not the host path being measured
+    if not on_card:
+        ops._run = lambda launch: None  # the launches themselves: not the host path being measured
     try:
-        calls = _calls(torch.randn(1, 1, 16, 16))
+        if on_card:
+            calls = _calls(torch.randn(1, 2, 128, 64, device="cuda", dtype=torch.float16))
+        else:
+            calls = _calls(torch.randn(1, 1, 16, 16))
+        sync = torch.cuda.synchronize if on_card else lambda: None
         results = {}
         for name, call in calls.items():
-            call()  # warm: first-call caches
-            best = min(timeit.repeat(call, number=args.number, repeat=args.repeat)) / args.number
-            results[name] = round(best * 1e6, 1)
+            call()  # warm: first-call caches, compiles and tuning on the card
+            results[name] = round(_best_per_call(call, args.number, args.repeat, sync) * 1e6, 1)
+        if args.cprofile:
+            _profile(calls["TRITON forward + backward"], args.number, args.cprofile)
     finally:
         ops._run = real_run
     width = max(map(len, results))
-    print(f"host time per call, kernel launches left out (best of {args.repeat} x {args.number} calls)\n")
+    what = "launches included, synchronised" if on_card else "kernel launches left out"
+    print(f"host time per call on {args.device}, {what} (best of {args.repeat} x {args.number} calls)\n")
     print("\n".join(f"{name:<{width}}  {us:>8.1f} us" for name, us in results.items()))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     path = args.out_dir / "host_path.json"
-    path.write_text(json.dumps({"torch": torch.__version__, "us_per_call": results}, indent=2) + "\n")
-    print(f"\nwrote {path}")
+    record = {"torch": torch.__version__, "device": args.device, "us_per_call": results}
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"\nwrote {path}" + (f" and {args.cprofile}" if args.cprofile else ""))
     return results
 
 
