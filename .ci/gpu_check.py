@@ -277,7 +277,7 @@ def steps(out: pathlib.Path) -> list[Step]:
             [*overhead, *overhead_cpu.split()],
             _summarise_overhead,
         ),
-        Step("host path", 30, [*host, *host_gpu.split()], [*host, *host_cpu.split()], _summarise_host),
+        Step("host path", 45, [*host, *host_gpu.split()], [*host, *host_cpu.split()], _summarise_host),
         Step("dropout", 30, [*dropout, *dropout_gpu.split()], [*dropout, *dropout_cpu.split()], _summarise_dropout),
         Step("variable length", 40, [*varlen, *varlen_gpu.split()], [*varlen, *varlen_cpu.split()], _summarise_varlen),
         Step("layers float16", 75, [*layers, *layers_gpu.split()], [*layers, *layers_cpu.split()], _summarise_layers),
