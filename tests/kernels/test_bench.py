@@ -133,16 +133,23 @@ def test_padded_lengths_of_the_tutorial():
         bench.padded_lengths(4, 8, torch.Generator(), "odd")
 
 
-def test_host_path_times_every_call_and_restores_the_launcher(tmp_path):
+def test_host_path_times_every_call_and_restores_the_launcher(tmp_path, capsys):
     """``python -m kernels.bench.host_path`` (in-process: the tests already run under the interpreter) times each
-    call, writes its JSON, and leaves the real launcher in place."""
+    call, writes its JSON and the Python profile of TRITON's forward + backward, and leaves the real launcher in
+    place; ``--device cuda`` without a card is refused with the fix."""
     import json
 
     from kernels.bench import host_path
     from kernels.triton import ops
 
     real = ops._run
-    results = host_path.main(["--number", "3", "--repeat", "1", "--out-dir", str(tmp_path)])
+    profile = tmp_path / "profile.txt"
+    results = host_path.main(["--number", "3", "--repeat", "1", "--out-dir", str(tmp_path), "--cprofile", str(profile)])
     assert ops._run is real
     assert len(results) == 9 and all(us > 0 for us in results.values())
     assert json.loads((tmp_path / "host_path.json").read_text())["us_per_call"] == results
+    assert "scaled_dot_product_attention" in profile.read_text()  # kernels.sdpa's entry point, profiled
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            host_path.main(["--device", "cuda", "--out-dir", str(tmp_path)])
+        assert "--device cuda: no CUDA device here" in capsys.readouterr().err
