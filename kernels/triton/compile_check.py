@@ -307,7 +307,7 @@ DECODE_VARIANTS = [  # one new token over a 4096-slot cache: dtypes, GQA (4 head
 
 def kept(v: Variant) -> list[tuple[int, int, int, int]]:
     """The tiles the autotuner keeps for this variant on its architecture (the prune rule)."""
-    from .tiles import block_dim, kept_tiles, kind_of, live_features, split_kind, split_row, split_tiles
+    from .tiles import block_dim, kept_tiles, kind_of, launch_features, split_kind, split_row, split_tiles
 
     if v.kernel == "bwd_pre":
         return [(0, 0, 4, 1)]
@@ -321,7 +321,7 @@ def kept(v: Variant) -> list[tuple[int, int, int, int]]:
         one = split_kind(kernel, dtype, v.mask, v.dropout, v.varlen, v.window, v.gqa, block_dim(v.head_dim))
         split = split_row(one, v.half)
         return split_tiles(v.arch, v.path == "tma", block_dim(v.head_dim), split)
-    live = live_features(v.mask, v.dropout, v.varlen, v.window, v.gqa and v.kernel == "bwd_dkdv")
+    live = launch_features(kernel, v.mask, v.dropout, v.varlen, v.window, v.gqa)
     return kept_tiles(kernel, v.arch, v.path == "tma", block_dim(v.head_dim), kind, live)
 
 

@@ -82,7 +82,7 @@ def kind_of(
 ) -> str:  # fmt: skip
     """The SPILL_FREE kind of a launch: "tile" when more state is live than the plain loop's (a mask or dropout
     tile, variable length, a window's left edge, or grouped query heads in dK/dV, which accumulates them all)."""
-    tile = bool(mask_kind or dropout or varlen or left_edge or (grouped and kernel == "attn_bwd_dkdv"))
+    tile = bool(launch_features(kernel, mask_kind, dropout, varlen, left_edge, grouped))
     if dtype == torch.float32:
         return "fp32-tile" if tile else "fp32"
     return "tile" if tile else "plain"
@@ -100,6 +100,15 @@ def live_features(
     """The features of extra state a dK/dV launch has live, by `SPLIT_FEATURES`' names."""
     flags = (mask_kind == 1, mask_kind == 2, dropout, varlen, left_edge, grouped)
     return frozenset(name for name, on in zip(SPLIT_FEATURES, flags, strict=True) if on)
+
+
+def launch_features(
+    kernel: str, mask_kind: int, dropout: bool, varlen: bool = False, left_edge: bool = False, grouped: bool = False
+) -> frozenset[str]:
+    """The features that take state in ``kernel``'s loop (`live_features`): grouped heads only in dK/dV, which
+    accumulates over the group; the forward and dQ handle one query head per program. What decides a launch's
+    kind (`kind_of`) and its narrowed row (`narrow_kind`)."""
+    return live_features(mask_kind, dropout, varlen, left_edge, grouped and kernel == "attn_bwd_dkdv")
 
 
 def split_kind(
@@ -220,7 +229,7 @@ def kept_tiles(
     kernel: str, arch: int, use_tma: bool, block_d: int, kind: str, live: frozenset[str] = frozenset()
 ) -> list[Tile]:
     """The tiles the prune keeps for a variant (all of them where the table has no row: the check then says so).
-    ``live``: the launch's features (`live_features`), for the narrowed rows (`narrow_kind`; where the installed
+    ``live``: the launch's features (`launch_features`), for the narrowed rows (`narrow_kind`; where the installed
     version's table lacks one, the "tile" row serves)."""
     table = SPILL_FREE.get(kernel, {})
     where = (arch_of(arch), "tma" if use_tma else "ptr", bucket_of(block_d))
@@ -294,7 +303,7 @@ def prune_for(kernel: str):
         block_d = max(args["BLOCK_D"], args["BLOCK_DV"])
         features = (args["MASK_KIND"], args["HAS_DROPOUT"], args["VARLEN"], args["HAS_LEFT"], args["GROUP"] != 1)
         kind = kind_of(kernel, q.dtype, *features)
-        live = live_features(*features[:4], features[4] and kernel == "attn_bwd_dkdv")
+        live = launch_features(kernel, *features)
         allowed = kept_tiles(kernel, device_arch(q), bool(args["USE_TMA"]), block_d, kind, live)
         if args.get("PART", 0) and kind == "tile":  # a split launch with extra state: its own row
             one = split_kind(
