@@ -263,8 +263,9 @@ def steps(out: pathlib.Path) -> list[Step]:
     # fp16 only (the GPT step trains in bf16), the four headline cases: each case compiles its own kernel variants
     layers = [py, "-m", "layers.bench", "--out-dir", str(out / "layers" / "float16"), "--no-compile", "--no-busy"]
     layers_gpu = "--autocast float16 --min-run-time 0.2 --rounds 3 --batch 32 --seq-len 512 --d-model 512"
-    # and the padded cases with ours over the whole padded batch (skip_padding(False)): does packing pay on this card?
-    layers_gpu += " --cases train-dense infer-dense train-padded infer-padded train-padded-dense infer-padded-dense"
+    # and the padded cases with ours packing the real tokens (skip_padding(True); the default on a GPU computes over
+    # the padded batch since packing took 1.70x torch's time on 2026-11-28): does packing pay on this card?
+    layers_gpu += " --cases train-dense infer-dense train-padded infer-padded train-padded-packed infer-padded-packed"
     layers_cpu = "--device cpu --batch 2 --seq-len 16 --d-model 32 --nhead 2 --dim-feedforward 64"
     layers_cpu += " --min-run-time 0.01 --rounds 1 --cases train-dense train-padded"
     return [

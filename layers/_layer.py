@@ -3,9 +3,10 @@ torch's freshly built modules to this package's classes, configs, the feed-forwa
 when a padded batch runs on its real tokens only.
 
 **Skipping padding.** A batched input with a key padding mask that only marks padding (`_masks.padding_keep`) and
-an attention mask that is absent, masks nothing, or is the causal one, runs on its real tokens (packed) and returns
-**0 at padded positions**. Whenever such a padding mask is given, padded positions are 0 on every path (the dense
-one too), so eager, compiled and exported models give the same numbers.
+an attention mask that is absent, masks nothing, or is the causal one, runs on its real tokens (packed; on the CPU
+by default, anywhere inside ``layers.skip_padding(True)``) and returns **0 at padded positions**. Whenever such a
+padding mask is given, padded positions are 0 on every path (the dense one too), so eager, compiled and exported
+models give the same numbers.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def padding_route(
     batch_first: bool,
 ) -> Route | None:
     """The route of a batch that can skip its padding, else None (see the module docstring). Never while tracing
-    (packing makes shapes depend on the data) nor inside ``skip_padding(False)``."""
-    if x.dim() != 3 or key_padding_mask is None or tracing() or not skipping_padding():
+    (packing makes shapes depend on the data) nor where `skipping_padding` says no (off the CPU by default)."""
+    if x.dim() != 3 or key_padding_mask is None or tracing() or not skipping_padding(x.device):
         return None
     expected = (x.size(0), x.size(1)) if batch_first else (x.size(1), x.size(0))
     if tuple(key_padding_mask.shape) != expected:

@@ -56,7 +56,7 @@ def decoder_route(
     """The route of a padded target/memory pair that can skip its padding, else None: batched inputs, at least one
     key padding mask, each one padding-only, a target mask that is absent, no-op or causal, and a memory mask that
     is absent or no-op (or comes with the ``memory_is_causal`` hint)."""
-    if tgt.dim() != 3 or memory.dim() != 3 or tracing() or not skipping_padding():
+    if tgt.dim() != 3 or memory.dim() != 3 or tracing() or not skipping_padding(tgt.device):
         return None
     if tgt_key_padding_mask is None and memory_key_padding_mask is None:
         return None

@@ -20,19 +20,23 @@ from .errors import ArgumentTypeError
 
 __all__ = ["Packed", "pack_keep", "pack_padded", "skip_padding", "skipping_padding", "unpack_padded"]
 
-_SKIP_PADDING = contextvars.ContextVar("fusedlayers_skip_padding", default=True)
+# None: the default rule (`skipping_padding`); True/False: set by `skip_padding`
+_SKIP_PADDING: contextvars.ContextVar[bool | None] = contextvars.ContextVar("fusedlayers_skip_padding", default=None)
 
 
 @contextlib.contextmanager
 def skip_padding(enabled: bool) -> Iterator[None]:
     """Whether this package's encoder and decoder layers, stacks and ``Transformer`` run a padded batch on its real
-    tokens (``True``, the default) or, inside ``with skip_padding(False):``, compute over the whole padded batch
-    with the key padding mask, as torch's layers do. Either way padded positions return 0 and real positions the
-    same numbers (up to rounding).
+    tokens (``True``) or compute over the whole padded batch with the key padding mask, as torch's layers do
+    (``False``), for the calls inside the block. Either way padded positions return 0 and real positions the same
+    numbers (up to rounding).
 
-    The packed route saves the padding's work but costs host time per layer (packing, lengths read, more kernel
-    launches): on an H200 it made a small padded encoder slower than torch's (docs/benchmarks.md, GPU runs), so the
-    switch is there to measure both on your model and keep the faster. Per thread and task (a context variable).
+    **The default** (outside any block): on its real tokens on the CPU, over the padded batch elsewhere. The packed
+    route saves the padding's work but costs host time per layer (packing, lengths read, more kernel launches): on
+    the CPU it took 0.34-0.37 of torch's time in padded training, while on an H200 it made a small padded encoder
+    slower than torch's (1.70x in training), where computing densely runs torch's own operations
+    (docs/decisions.md). ``skip_padding(True)`` packs on a GPU too: measure both on your model and keep the faster.
+    Per thread and task (a context variable).
 
     Example, run by the test suite:
 
@@ -58,9 +62,11 @@ def skip_padding(enabled: bool) -> Iterator[None]:
         _SKIP_PADDING.reset(token)
 
 
-def skipping_padding() -> bool:
-    """Whether padded batches run on their real tokens here (`skip_padding`)."""
-    return _SKIP_PADDING.get()
+def skipping_padding(device: torch.device) -> bool:
+    """Whether a padded batch on ``device`` runs on its real tokens here: as `skip_padding` set it, else only on
+    the CPU (the default rule, see `skip_padding`)."""
+    chosen = _SKIP_PADDING.get()
+    return device.type == "cpu" if chosen is None else chosen
 
 
 class Packed(NamedTuple):

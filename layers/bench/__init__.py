@@ -10,8 +10,9 @@ inference (eval, no grad: torch takes its fast paths) of a ``TransformerEncoder`
 (~50% padding: by default the SDPA tutorial's lengths, most near L/2 and one at L; ``--lengths even`` spreads them
 evenly), with an all-False mask and key padding (the translation example), DETR's encoder layer (``need_weights``
 left at its default), minGPT's blocks (a float causal mask), a padded ``TransformerDecoder`` and ``Transformer``;
-on request (``--cases train-padded-dense infer-padded-dense``) the padded encoder with ours computing over the
-whole padded batch (`layers.skip_padding` ``(False)``): whether skipping the padding pays on this machine.
+on request (``--cases train-padded-dense train-padded-packed ...``) the padded encoder with ours on a route forced
+(`layers.skip_padding`: over the whole padded batch, or its real tokens; the default packs on the CPU only):
+whether skipping the padding pays on this machine.
 ``--busy`` repeats the padded and dense cases while another torch job multiplies matrices on the same cores
 (`busy.busy_machine`). ``--compile`` adds ``torch.compile``d rows.
 
@@ -48,7 +49,7 @@ GOALS = {
     "train-transformer": 0.45, "infer-transformer": 0.40, "busy train-padded": 0.6,
 }  # fmt: skip
 DEFAULT_GOAL, BUSY_GOAL = 1.0, 1.1
-DEFAULT_CASES = [c for c in CASES if not c.endswith("padded-dense")]
+DEFAULT_CASES = [c for c in CASES if not c.endswith(("padded-dense", "padded-packed"))]
 BUSY_CASES = ["train-padded", "infer-padded", "train-dense", "infer-dense"]
 
 
@@ -136,7 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--autocast", choices=["float16", "bfloat16"], help="run under torch.autocast to this dtype")
     parser.add_argument(
         "--cases", nargs="+", default=DEFAULT_CASES, choices=CASES,
-        help="the cases to time (default: all but the padded-dense A/B, which times ours with skip_padding(False))",
+        help="the cases to time (default: all but the padded-dense/-packed A/B, ours with skip_padding forced)",
     )  # fmt: skip
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)

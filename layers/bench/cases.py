@@ -157,14 +157,18 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
             h = block(h, gpt_mask)
         return h
 
-    def over_padding(m):  # ours computes over the whole padded batch, as torch does (a no-op for torch's model)
-        with skip_padding(False):
-            return m(x, src_key_padding_mask=pad)
+    def padding_route(packed: bool):  # ours on the route chosen (a no-op for torch's model), whatever the default
+        def forward(m):
+            with skip_padding(packed):
+                return m(x, src_key_padding_mask=pad)
+
+        return forward
 
     table = {
         "dense": (encoder, lambda m: m(x), None, "TransformerEncoder, no padding"),
         "padded": (encoder, lambda m: m(x, src_key_padding_mask=pad), keep, "TransformerEncoder, ~50% padding"),
-        "padded-dense": (encoder, over_padding, keep, "the same, ours with skip_padding(False)"),
+        "padded-dense": (encoder, padding_route(False), keep, "the same, ours with skip_padding(False)"),
+        "padded-packed": (encoder, padding_route(True), keep, "the same, ours with skip_padding(True)"),
         "noop-mask": (
             encoder,
             lambda m: m(x, mask=no_op, src_key_padding_mask=pad),
@@ -204,5 +208,8 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
     return cases
 
 
-KINDS = ["dense", "padded", "padded-dense", "noop-mask", "need-weights", "float-causal", "decoder", "transformer"]
+KINDS = [
+    "dense", "padded", "padded-dense", "padded-packed", "noop-mask", "need-weights", "float-causal", "decoder",
+    "transformer",
+]  # fmt: skip
 CASES = [f"{step}-{kind}" for kind in KINDS for step in ("train", "infer")]

@@ -274,3 +274,26 @@ def test_a_measured_case_runs_torchs_fastest_kernel_first():
     with torch_sdpa_kernel([fastest]):
         expected = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert torch.equal(kernels.scaled_dot_product_attention(q, k, v), expected)
+
+
+def test_padded_layers_compute_densely_on_cuda_unless_asked_to_pack(monkeypatch):
+    """On a GPU a padded batch runs over the whole padded batch by default (packing measured slower than torch's
+    dense layer on an H200); ``layers.skip_padding(True)`` packs it: the same numbers on real tokens, 0 at padding."""
+    import layers
+
+    torch.manual_seed(0)
+    encoder = layers.TransformerEncoder(
+        layers.TransformerEncoderLayer(256, 4, 512, dropout=0.0, batch_first=True), 2, enable_nested_tensor=False
+    ).to("cuda", torch.float16)
+    x = torch.randn(4, 200, 256, device="cuda", dtype=torch.float16)
+    pad = torch.arange(200, device="cuda") >= torch.tensor([200, 57, 130, 1], device="cuda")[:, None]
+    with layers.skip_padding(True):
+        packed = encoder(x, src_key_padding_mask=pad)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("packed on CUDA by default")
+
+    monkeypatch.setattr(layers.encoder, "pack_keep", refuse)
+    dense = encoder(x, src_key_padding_mask=pad)
+    assert (dense[pad] == 0).all() and (packed[pad] == 0).all()
+    torch.testing.assert_close(dense, packed, atol=2e-2, rtol=2e-2)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from layer_checks import assert_close, compare, run, twins
 
 import layers
+from layers._layer import padding_route
 
 D, H, FF, N, S, T = 16, 2, 40, 3, 9, 6  # d_model, heads, feed-forward, batch, source and target lengths
 
@@ -377,11 +378,27 @@ def test_skip_padding_false_computes_over_the_padded_batch(monkeypatch):
         step()
     with layers.skip_padding(False):
         dense, dense_grads = step()
-        assert not layers.packing.skipping_padding()
+        assert not layers.packing.skipping_padding(torch.device("cpu"))
     assert_close(dense, packed, "output over the padded batch")
     assert (dense[tgt_pad] == 0).all()
     for a, b in zip(dense_grads, packed_grads, strict=True):
         assert_close(a, b, "gradient")
+
+
+def test_padding_is_skipped_on_the_cpu_by_default_elsewhere_on_request():
+    """The default rule: pack on the CPU only (on an H200 packing made a small padded encoder slower than torch's);
+    ``skip_padding(True)`` packs on any device, ``skip_padding(False)`` on none. A padded batch on another device
+    (``meta`` here: shapes without data) is not even inspected by default."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert layers.packing.skipping_padding(cpu) and not layers.packing.skipping_padding(cuda)
+    with layers.skip_padding(True):
+        assert layers.packing.skipping_padding(cpu) and layers.packing.skipping_padding(cuda)
+        with layers.skip_padding(False):
+            assert not layers.packing.skipping_padding(cpu) and not layers.packing.skipping_padding(cuda)
+        assert layers.packing.skipping_padding(cuda)
+    assert not layers.packing.skipping_padding(cuda)
+    assert padding_route(seq().to("meta"), padding().to("meta"), None, None, True) is None
+    assert padding_route(seq(), padding(), None, None, True) is not None
 
 
 def test_skip_padding_takes_a_bool():
