@@ -448,12 +448,16 @@ def measure_tiles(
     archs: tuple[int, ...], jobs: int, keep: int = 3, kernels: tuple[str, ...] = ("fwd", "bwd_dkdv", "bwd_dq"),
     buckets: tuple[int, ...] = (64, 128, 256), kinds: tuple[str, ...] = tuple(MEASURED_KINDS),
 ) -> dict:  # fmt: skip
-    """Compile every tile of every kernel for each (arch, path, head-dim bucket, kind) in each of the kind's
-    feature combinations (`MEASURED_KINDS`); per row, the first ``keep`` tiles (in CONFIGS order) that pass all.
-    ``kernels``, ``buckets`` and ``kinds`` narrow it to the rows a change affects."""
+    """Per (arch, path, head-dim bucket, kind) row, the first ``keep`` tiles (in CONFIGS order) whose launches all
+    compile spill-free in each of the kind's feature combinations (`MEASURED_KINDS`). ``kernels``, ``buckets`` and
+    ``kinds`` narrow it to the rows a change affects.
+
+    A row stops at its ``keep``-th passing tile and a tile at its first failing launch: the same table as compiling
+    every tile (rows are independent, tiles are taken in order), in a fraction of the compiles (rows run in
+    parallel processes, each row's compiles in order)."""
     from .tiles import CONFIGS, GROUPS_KIND, halves_on_pointers
 
-    todo, rows = [], []
+    rows: dict[tuple, dict[tuple, list[Variant]]] = {}  # (kernel, row) -> tile -> its launches, in CONFIGS order
     for arch, kernel, bucket, kind in itertools.product(archs, kernels, buckets, kinds):
         one = kind.startswith("tile-")  # a split kind: the split's launches, whatever the table says
         small = kind == GROUPS_KIND  # the one split kind at head dim 128
@@ -474,29 +478,48 @@ def measure_tiles(
                     halves = (1, 2) if kind == "tile-halves" else (0,)
                     launches = [dataclasses.replace(v, part=p, half=h) for p in (1, 2) for h in halves]
                     for part in launches if one else with_parts(v):
-                        todo.append(part)
-                        rows.append((KERNEL_NAMES[kernel], (arch, part.path, bucket, kind)))
-    reports = _compile_all(todo, jobs)
-    passed: dict = {}
-    for v, row, r in zip(todo, rows, reports, strict=True):
-        ok = passed.setdefault(row[0], {}).setdefault(row[1], {})
-        ok[v.tile] = ok.get(v.tile, True) and r["ok"]
-    return {
-        kernel: {row: [t for t in CONFIGS[kernel] if ok.get(t)][:keep] for row, ok in by_row.items()}
-        for kernel, by_row in passed.items()
-    }
+                        row = (KERNEL_NAMES[kernel], (arch, part.path, bucket, kind))
+                        rows.setdefault(row, {}).setdefault(tile, []).append(part)
+    tasks = [(row, list(by_tile.values()), keep) for row, by_tile in rows.items()]
+    found = _in_processes(_first_passing, tasks, jobs, "rows")
+    table: dict = {}
+    for (kernel, row), tiles in zip(rows, found, strict=True):
+        table.setdefault(kernel, {})[row] = tiles
+    return table
+
+
+def _first_passing(task: tuple) -> list[tuple[int, int, int, int]]:
+    """One row of `measure_tiles`: the first ``keep`` tiles whose launches all compile spill-free."""
+    _, launches_per_tile, keep = task
+    passed = []
+    for launches in launches_per_tile:
+        if all(compile_variant(v)["ok"] for v in launches):  # all() stops at the first failure
+            passed.append(launches[0].tile)
+            if len(passed) == keep:
+                break
+    return passed
 
 
 def _compile_all(todo: list[Variant], jobs: int) -> list[dict]:
-    with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
-        done = pool.map(compile_variant, todo)
-        try:  # a progress bar where tqdm is installed (the examples' extra; the GPU image has it)
-            from tqdm import tqdm
+    return _in_processes(compile_variant, todo, jobs, "variants")
 
-            done = tqdm(done, total=len(todo), desc="compiling", unit="variant", file=sys.stderr)
-        except ImportError:
-            pass
-        return list(done)
+
+def _in_processes(fn, items: list, jobs: int, unit: str) -> list:
+    """``[fn(x) for x in items]`` in ``jobs`` processes (here, for one), in order, with a progress bar where tqdm is
+    installed."""
+    if jobs == 1:
+        return [fn(x) for x in _progress(items, unit)]
+    with concurrent.futures.ProcessPoolExecutor(jobs) as pool:
+        return list(_progress(pool.map(fn, items), unit, len(items)))
+
+
+def _progress(done, unit: str, total: int | None = None):
+    try:  # the examples' extra installs tqdm; the GPU image has it
+        from tqdm import tqdm
+    except ImportError:
+        return done
+    return tqdm(done, total=total, desc="compiling", unit=unit.rstrip("s"), file=sys.stderr)
+
 
 
 def format_report(reports: list[dict]) -> str:

@@ -136,22 +136,31 @@ def test_refuses_the_interpreter():
 
 def test_measured_table_keeps_tiles_spill_free_in_every_combination(monkeypatch):
     """``--measure-tiles``' reduction: a tile is kept for a kind only when all of the kind's feature combinations
-    compiled spill-free; at most ``keep`` per row, larger tiles first (compiles replaced by a rule here)."""
+    compiled spill-free; at most ``keep`` per row, larger tiles first (compiles replaced by a rule here). A row stops
+    compiling at its ``keep``-th passing tile, a tile at its first failing launch."""
     from kernels.triton import compile_check
     from kernels.triton.tiles import CONFIGS
 
     big = CONFIGS["attn_fwd"][0]
+    compiled = []
 
-    def fake_compile_all(todo, jobs):  # the largest forward tile spills only with variable length and a window
-        return [{"ok": not (v.tile == big and v.varlen and v.window)} for v in todo]
+    def fake_compile(v):  # the largest forward tile spills only with a window and grouped heads
+        compiled.append(v)
+        return {"ok": not (v.tile == big and v.window and v.gqa)}
 
-    monkeypatch.setattr(compile_check, "_compile_all", fake_compile_all)
+    monkeypatch.setattr(compile_check, "compile_variant", fake_compile)
     table = compile_check.measure_tiles((90,), jobs=1, keep=2)
     assert set(table) == {"attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq"}
     assert table["attn_fwd"][(90, "tma", 128, "plain")] == CONFIGS["attn_fwd"][:2]
     assert table["attn_fwd"][(90, "ptr", 64, "tile")] == CONFIGS["attn_fwd"][1:3]
     assert table["attn_fwd"][(90, "tma", 256, "fp32-tile")] == CONFIGS["attn_fwd"][1:3]
     assert table["attn_bwd_dq"][(90, "tma", 64, "fp32-tile")] == CONFIGS["attn_bwd_dq"][:2]
+    fwd_plain = {v.tile for v in compiled if v.kernel == "fwd" and v.head_dim == 128 and v.tma and not v.varlen
+                 and not v.dropout and v.dtype != "float32" and not v.mask and not v.window and not v.gqa}  # fmt: skip
+    assert fwd_plain == set(CONFIGS["attn_fwd"][:2])  # the row stopped at its second tile
+    big_tile_row = [v for v in compiled if v.kernel == "fwd" and v.head_dim == 64 and v.tma and v.tile == big
+                    and v.dtype == "float16" and v.gqa]  # fmt: skip
+    assert [v.window for v in big_tile_row] == [False, False, True]  # stopped at "tile"'s first failing combination
 
 
 def test_tile_table_follows_the_installed_triton():
