@@ -447,10 +447,12 @@ MEASURED_KINDS = {
 def measure_tiles(
     archs: tuple[int, ...], jobs: int, keep: int = 3, kernels: tuple[str, ...] = ("fwd", "bwd_dkdv", "bwd_dq"),
     buckets: tuple[int, ...] = (64, 128, 256), kinds: tuple[str, ...] = tuple(MEASURED_KINDS),
+    among: dict | None = None,
 ) -> dict:  # fmt: skip
     """Per (arch, path, head-dim bucket, kind) row, the first ``keep`` tiles (in CONFIGS order) whose launches all
     compile spill-free in each of the kind's feature combinations (`MEASURED_KINDS`). ``kernels``, ``buckets`` and
-    ``kinds`` narrow it to the rows a change affects.
+    ``kinds`` narrow it to the rows a change affects; ``among`` (a table, e.g. another triton's with every passing
+    tile: ``keep`` 13) to the tiles it lists per row, which gives the tiles both versions keep (`spill_free`).
 
     A row stops at its ``keep``-th passing tile and a tile at its first failing launch: the same table as compiling
     every tile (rows are independent, tiles are taken in order), in a fraction of the compiles (rows run in
@@ -480,12 +482,24 @@ def measure_tiles(
                     for part in launches if one else with_parts(v):
                         row = (KERNEL_NAMES[kernel], (arch, part.path, bucket, kind))
                         rows.setdefault(row, {}).setdefault(tile, []).append(part)
+    if among is not None:  # a row's tiles that the other table lists for it
+        rows = {row: {t: v for t, v in by_tile.items() if t in among.get(row[0], {}).get(row[1], ())}
+                for row, by_tile in rows.items()}  # fmt: skip
     tasks = [(row, list(by_tile.values()), keep) for row, by_tile in rows.items()]
     found = _in_processes(_first_passing, tasks, jobs, "rows")
     table: dict = {}
     for (kernel, row), tiles in zip(rows, found, strict=True):
         table.setdefault(kernel, {})[row] = tiles
     return table
+
+
+def read_table(path: str) -> dict:
+    """The table a ``--measure-tiles`` run printed (its ``TABLE: Table = {...}`` literal)."""
+    import ast
+    import pathlib
+
+    text = pathlib.Path(path).read_text()
+    return ast.literal_eval(text[text.index("= {") + 2 :])
 
 
 def _first_passing(task: tuple) -> list[tuple[int, int, int, int]]:
@@ -519,7 +533,6 @@ def _progress(done, unit: str, total: int | None = None):
     except ImportError:
         return done
     return tqdm(done, total=total, desc="compiling", unit=unit.rstrip("s"), file=sys.stderr)
-
 
 
 def format_report(reports: list[dict]) -> str:
@@ -595,6 +608,14 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(MEASURED_KINDS),
         help="--measure-tiles: only these kinds' rows",
     )
+    parser.add_argument(
+        "--keep", type=int, default=3, help="--measure-tiles: tiles kept per row (13: every passing one)"
+    )
+    parser.add_argument(
+        "--among",
+        help="--measure-tiles: only the tiles this file's table (another run's output) lists per row: run under "
+        "triton 3.6 among 3.9's every passing tile (--keep 13) for the rows both versions keep",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--json", help="write one record per compiled variant to this file")
     args = parser.parse_args(argv)
@@ -605,9 +626,10 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     if args.measure_tiles:
+        among = None if args.among is None else read_table(args.among)
         table = measure_tiles(
-            tuple(args.arch), args.jobs, kernels=tuple(args.kernel), buckets=tuple(args.head_dim_bucket),
-            kinds=tuple(args.kind),
+            tuple(args.arch), args.jobs, args.keep, tuple(args.kernel), tuple(args.head_dim_bucket),
+            tuple(args.kind), among,
         )  # fmt: skip
         print(f"# triton {triton.__version__}: paste into kernels/triton/spill_free.py\nTABLE: Table = {{")
         for kernel, rows in table.items():

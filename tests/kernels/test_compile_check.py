@@ -163,6 +163,25 @@ def test_measured_table_keeps_tiles_spill_free_in_every_combination(monkeypatch)
     assert [v.window for v in big_tile_row] == [False, False, True]  # stopped at "tile"'s first failing combination
 
 
+def test_measured_table_among_another_tables_tiles(monkeypatch, tmp_path, capsys):
+    """``--among FILE``: a row takes only the tiles another run's printed table lists for it (the tiles both triton
+    versions keep), in CONFIGS order; the printed table reads back (`read_table`)."""
+    from kernels.triton import compile_check
+    from kernels.triton.tiles import CONFIGS
+
+    monkeypatch.setattr(compile_check, "compile_variant", lambda v: {"ok": v.tile != CONFIGS["attn_fwd"][1]})
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    argv = ["--measure-tiles", "--kind", "plain", "--kernel", "fwd", "--head-dim-bucket", "64", "--arch", "90"]
+    assert compile_check.main([*argv, "--jobs", "1", "--keep", "13"]) == 0
+    every = tmp_path / "every.txt"
+    every.write_text(capsys.readouterr().out)
+    passing = [t for t in CONFIGS["attn_fwd"] if t != CONFIGS["attn_fwd"][1]]
+    assert compile_check.read_table(every)["attn_fwd"][(90, "tma", 64, "plain")] == passing
+    other = {"attn_fwd": {(90, "tma", 64, "plain"): [passing[3], passing[0], CONFIGS["attn_fwd"][1]]}}
+    table = compile_check.measure_tiles((90,), 1, 3, ("fwd",), (64,), ("plain",), among=other)
+    assert table["attn_fwd"] == {(90, "tma", 64, "plain"): [passing[0], passing[3]], (90, "ptr", 64, "plain"): []}
+
+
 def test_tile_table_follows_the_installed_triton():
     import triton
 
