@@ -110,13 +110,17 @@ def test_dkdv_above_head_dim_128_is_two_launches():
         several = HALVES if tiles.split_tiles(90, True, 256, "tile-halves") else ONE  # an empty row: the halves
         expected = SPLIT if tiles.split_tiles(90, True, 256, kind) else several
         assert ops.dkdv_parts(90, 256, 256, "tile", True, kind) == expected, kind
-    # dQ in halves only where the installed triton's table says so: head dim 256 with more state, under 3.6
+    # dQ in halves only where the installed triton's table says so: head dim 256 with more state, on sm_90 and sm_80
+    # under 3.6, on sm_80 only under 3.9
     import triton
 
     from kernels.triton import spill_free
 
-    halves = (1, 2) if spill_free.for_version(triton.__version__) is not spill_free.TRITON_39 else (0,)
-    assert ops.dq_parts(90, True, 256, "tile") == ops.dq_parts(80, False, 256, "tile") == halves
+    under_39 = spill_free.for_version(triton.__version__) is spill_free.TRITON_39
+    assert ops.dq_parts(90, True, 256, "tile") == ((0,) if under_39 else (1, 2))
+    assert ops.dq_parts(80, False, 256, "tile") == (1, 2)
+    assert spill_free.dq_halves_for("3.9.0") == {(80, "ptr", 256, "tile")}
+    assert spill_free.dq_halves_for("3.6.0") == {(80, "ptr", 256, "tile"), (90, "tma", 256, "tile")}
     assert ops.dq_parts(90, True, 256, "plain") == ops.dq_parts(80, False, 128, "tile") == (0,)
 
 
