@@ -33,7 +33,7 @@ def skip_padding(enabled: bool) -> Iterator[None]:
 
     **The default** (outside any block): on its real tokens on the CPU, over the padded batch elsewhere. The packed
     route saves the padding's work but costs host time per layer (packing, lengths read, more kernel launches): on
-    the CPU it took 0.34-0.37 of torch's time in padded training, while on an H200 it made a small padded encoder
+    the CPU it took 0.34-0.42 of torch's time in padded training, while on an H200 it made a small padded encoder
     slower than torch's (1.70x in training), where computing densely runs torch's own operations
     (docs/decisions.md). ``skip_padding(True)`` packs on a GPU too: measure both on your model and keep the faster.
     Per thread and task (a context variable).

@@ -157,7 +157,7 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
             h = block(h, gpt_mask)
         return h
 
-    def padding_route(packed: bool):  # ours on the route chosen (a no-op for torch's model), whatever the default
+    def forced_route(packed: bool):  # ours on the route chosen (a no-op for torch's model), whatever the default
         def forward(m):
             with skip_padding(packed):
                 return m(x, src_key_padding_mask=pad)
@@ -167,8 +167,8 @@ def build(args: argparse.Namespace, names: list[str]) -> list[Case]:
     table = {
         "dense": (encoder, lambda m: m(x), None, "TransformerEncoder, no padding"),
         "padded": (encoder, lambda m: m(x, src_key_padding_mask=pad), keep, "TransformerEncoder, ~50% padding"),
-        "padded-dense": (encoder, padding_route(False), keep, "the same, ours with skip_padding(False)"),
-        "padded-packed": (encoder, padding_route(True), keep, "the same, ours with skip_padding(True)"),
+        "padded-dense": (encoder, forced_route(False), keep, "the same, ours with skip_padding(False)"),
+        "padded-packed": (encoder, forced_route(True), keep, "the same, ours with skip_padding(True)"),
         "noop-mask": (
             encoder,
             lambda m: m(x, mask=no_op, src_key_padding_mask=pad),
